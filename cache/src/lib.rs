@@ -1,1 +1,329 @@
-//! srcache-cache
+//! srcache-cache: run frozen experts (TorchScript files or built-in analytic upscalers) once over every
+//! patch of a dataset and write their outputs and features to compressed, checksummed shards; resumable.
+//!
+//! Resume works because the ingest stream is deterministic: the dataset writer reports how many samples
+//! sit in complete shards, the run skips that many and continues. Batches are aligned to multiples of the
+//! batch size from the stream start, so a resumed run feeds the experts exactly the same batches as an
+//! uninterrupted one and produces bit-identical outputs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use srcache_formats::{DatasetOptions, DatasetWriter};
+use tch::Device;
+
+mod config;
+mod error;
+pub mod expert;
+mod layout;
+mod pipeline;
+mod source;
+
+pub use config::{CacheConfig, ExpertConfig, InputConfig, Placement, CONFIG_FILE, DONE_FILE};
+pub use error::{CacheError, Result};
+pub use expert::{parse_devices, Builtin, Expert, ExpertSource, Probe};
+
+use layout::Layout;
+pub use pipeline::PSNR_CAP;
+use pipeline::{run_pipeline, secs, Group, Plan};
+
+/// Progress reporting, so the library stays UI-free (the CLI draws an indicatif bar).
+pub trait Progress: Sync {
+    /// `total`: samples expected in the dataset if known; `done`: already in complete shards.
+    fn start(&self, _total: Option<u64>, _done: u64) {}
+    /// `samples` more written, `bytes` compressed bytes.
+    fn advance(&self, _samples: u64, _bytes: u64) {}
+    fn message(&self, _msg: &str) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Seconds of busy time per stage (summed over the threads of the stage).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTimes {
+    pub ingest_s: f64,
+    pub forward_s: f64,
+    pub compress_s: f64,
+    pub write_s: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheSummary {
+    /// Samples in the dataset at the end.
+    pub samples: u64,
+    /// Of those, samples found in complete shards at start (resumed).
+    pub resumed: u64,
+    /// Samples computed and written by this invocation.
+    pub written: u64,
+    pub shards: u64,
+    /// Bytes of the shard files.
+    pub bytes: u64,
+    /// What the same tensors would take as raw f32.
+    pub raw_f32_bytes: u64,
+    /// Mean Y-PSNR (dB) per expert over the samples written by this invocation.
+    pub mean_psnr: BTreeMap<String, f64>,
+    pub stages: StageTimes,
+    /// Wall time of the pipeline proper (first sample in to last sample written), without expert loading.
+    pub pipeline_s: f64,
+    pub wall_s: f64,
+    /// The run was already complete: nothing was done.
+    pub no_op: bool,
+}
+
+impl CacheSummary {
+    pub fn ratio(&self) -> f64 {
+        if self.bytes == 0 {
+            0.0
+        } else {
+            self.raw_f32_bytes as f64 / self.bytes as f64
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io { path: path.to_path_buf(), source }
+}
+
+/// Checks the saved `cache.toml` (if any) against `cfg`; writes it if absent.
+fn check_or_save_config(cfg: &CacheConfig) -> Result<()> {
+    let path = cfg.out.join(CONFIG_FILE);
+    if path.exists() {
+        let saved = CacheConfig::from_toml_file(&path)?;
+        if saved.content() != cfg.content() {
+            let a = saved.content().to_toml()?;
+            let b = cfg.content().to_toml()?;
+            let diff: Vec<String> = b
+                .lines()
+                .filter(|l| !a.lines().any(|x| x == *l))
+                .take(5)
+                .map(|l| format!("  {l}"))
+                .collect();
+            return Err(CacheError::ConfigFile {
+                path,
+                what: format!(
+                    "this directory holds a cache made with a different config (differing lines:\n{})\nuse another \
+                     output directory or delete this one",
+                    diff.join("\n")
+                ),
+            });
+        }
+        return Ok(());
+    }
+    let tmp = cfg.out.join(format!("{CONFIG_FILE}.tmp"));
+    std::fs::write(&tmp, cfg.to_toml()?).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+/// Builds the device groups: data parallel = every device runs every expert; expert split = each expert on
+/// its pinned device.
+fn plan_groups(cfg: &CacheConfig) -> Result<(Vec<Group>, bool)> {
+    match cfg.placement {
+        Placement::DataParallel => {
+            let devices = parse_devices(&cfg.devices)?;
+            let all: Vec<usize> = (0..cfg.experts.len()).collect();
+            Ok((devices.into_iter().map(|device| Group { device, experts: all.clone() }).collect(), false))
+        }
+        Placement::ExpertSplit => {
+            let mut groups: Vec<(String, Group)> = Vec::new();
+            for (i, e) in cfg.experts.iter().enumerate() {
+                let spec = e.device.clone().unwrap_or_default();
+                let device = match parse_devices(&spec)?.as_slice() {
+                    [d] => *d,
+                    _ => return Err(CacheError::Config { what: format!("expert {}: one device, got {spec:?}", e.name) }),
+                };
+                match groups.iter_mut().find(|(s, _)| *s == spec) {
+                    Some((_, g)) => g.experts.push(i),
+                    None => groups.push((spec, Group { device, experts: vec![i] })),
+                }
+            }
+            Ok((groups.into_iter().map(|(_, g)| g).collect(), true))
+        }
+    }
+}
+
+fn shard_bytes(dir: &Path) -> Result<(u64, u64)> {
+    let mut n = 0;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".srs") {
+            n += 1;
+            bytes += entry.metadata().map_err(io(dir))?.len();
+        }
+    }
+    Ok((n, bytes))
+}
+
+/// Runs (or resumes, or recognises as done) a cache run.
+pub fn run(cfg: &CacheConfig, progress: &dyn Progress) -> Result<CacheSummary> {
+    let t_start = Instant::now();
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.out).map_err(io(&cfg.out))?;
+    check_or_save_config(cfg)?;
+    let done_path = cfg.out.join(DONE_FILE);
+    if done_path.exists() {
+        let text = std::fs::read_to_string(&done_path).map_err(io(&done_path))?;
+        let mut s: CacheSummary = serde_json::from_str(&text)
+            .map_err(|e| CacheError::ConfigFile { path: done_path.clone(), what: e.to_string() })?;
+        s.no_op = true;
+        s.written = 0;
+        s.wall_s = t_start.elapsed().as_secs_f64();
+        return Ok(s);
+    }
+
+    // Load every expert on its devices first: a bad file, a wrong shape or scale fails here, before work.
+    let (groups, broadcast) = plan_groups(cfg)?;
+    let mut loaded: Vec<Vec<Expert>> = Vec::with_capacity(groups.len());
+    for g in &groups {
+        let mut v = Vec::with_capacity(g.experts.len());
+        for &i in &g.experts {
+            let e = &cfg.experts[i];
+            v.push(Expert::load_probed(&e.name, &e.source()?, cfg.input.scale, g.device, cfg.input.patch as usize)?);
+        }
+        loaded.push(v);
+    }
+    let mut probes: Vec<Option<&Expert>> = vec![None; cfg.experts.len()];
+    for (g, experts) in groups.iter().zip(&loaded) {
+        for (&i, e) in g.experts.iter().zip(experts) {
+            probes[i].get_or_insert(e);
+        }
+    }
+    let probes: Vec<&Expert> = probes.into_iter().flatten().collect();
+    let layout = Layout::build(cfg, &probes)?;
+
+    let opts = DatasetOptions { target_shard_bytes: cfg.target_shard_bytes };
+    let (writer, resume) = DatasetWriter::create_or_resume(&cfg.out, layout.schema.clone(), opts)?;
+    let batch = cfg.batch as u64;
+    let skip = resume.samples / batch * batch;
+    let stream = source::open(&cfg.input, skip)?;
+    progress.start(cfg.input.limit, resume.samples);
+    if resume.samples > 0 {
+        progress.message(&format!("resuming after {} samples in {} complete shards", resume.samples, resume.shards));
+    }
+    let compress_workers = match cfg.compress_workers {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(1),
+        n => n,
+    };
+    let plan = Plan {
+        layout: &layout,
+        groups,
+        broadcast,
+        batch: cfg.batch,
+        fp16: cfg.fp16,
+        compress_workers,
+        drop_first: resume.samples - skip,
+        first_seq: skip,
+    };
+    let t_pipe = Instant::now();
+    let (writer, stats) = run_pipeline(plan, loaded, stream, writer, progress)?;
+    let pipeline_s = t_pipe.elapsed().as_secs_f64();
+    let t_fin = Instant::now();
+    let ds = writer.finish()?;
+    let write_extra = t_fin.elapsed().as_secs_f64();
+    let _ = ds;
+
+    let (shards, bytes) = shard_bytes(&cfg.out)?;
+    let samples = resume.samples + stats.written;
+    let mean_psnr = layout
+        .experts
+        .iter()
+        .zip(&stats.psnr_sum)
+        .map(|(e, s)| (e.name.clone(), if stats.written > 0 { s / stats.written as f64 } else { 0.0 }))
+        .collect();
+    let summary = CacheSummary {
+        samples,
+        resumed: resume.samples,
+        written: stats.written,
+        shards,
+        bytes,
+        raw_f32_bytes: samples * layout.raw_f32_bytes(),
+        mean_psnr,
+        stages: StageTimes {
+            ingest_s: secs(&stats.clock.ingest),
+            forward_s: secs(&stats.clock.forward),
+            compress_s: secs(&stats.clock.compress),
+            write_s: secs(&stats.clock.write) + write_extra,
+        },
+        pipeline_s,
+        wall_s: t_start.elapsed().as_secs_f64(),
+        no_op: false,
+    };
+    let json = serde_json::to_string_pretty(&summary)
+        .map_err(|e| CacheError::Pipeline { what: format!("serialise summary: {e}") })?;
+    let tmp = cfg.out.join(format!("{DONE_FILE}.tmp"));
+    std::fs::write(&tmp, json).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &done_path).map_err(io(&done_path))?;
+    Ok(summary)
+}
+
+/// Times the experts' forward pass alone (no ingest, no compression, no disk) over the first `batches`
+/// batches of the run's own LR patches, pre-loaded on `device`: the baseline of `srcache bench cache`. Returns samples/s.
+pub fn forward_only_throughput(cfg: &CacheConfig, device: Device, batches: usize) -> Result<f64> {
+    // On a worker thread like the pipeline's device workers: torch's intra-op threading is per thread.
+    std::thread::scope(|s| {
+        s.spawn(|| forward_only_inner(cfg, device, batches))
+            .join()
+            .unwrap_or_else(|_| Err(CacheError::Pipeline { what: "benchmark thread panicked".into() }))
+    })
+}
+
+fn forward_only_inner(cfg: &CacheConfig, device: Device, batches: usize) -> Result<f64> {
+    let _guard = tch::no_grad_guard();
+    let p = cfg.input.patch as i64;
+    let mut experts = Vec::new();
+    for e in &cfg.experts {
+        experts.push(Expert::load_probed(&e.name, &e.source()?, cfg.input.scale, device, p as usize)?);
+    }
+    // The same real patches the pipeline sees, not noise: some kernels' speed depends on the data
+    // (denormals in random-weight nets), so a fair baseline must run on the same inputs.
+    let mut inputs = Vec::new();
+    let mut stream = source::open(&cfg.input, 0)?;
+    let mut total = 0usize;
+    'outer: for _ in 0..batches {
+        let mut lr = Vec::new();
+        let mut n = 0i64;
+        for _ in 0..cfg.batch {
+            match stream.next() {
+                Some(sample) => lr.extend_from_slice(sample?.lr.as_raw()),
+                None if n == 0 => break 'outer,
+                None => break,
+            }
+            n += 1;
+        }
+        let x = tch::Tensor::f_from_slice(&lr)
+            .and_then(|t| t.f_reshape([n, p, p, 3]))
+            .and_then(|t| t.f_permute([0, 3, 1, 2]))
+            .and_then(|t| t.f_to_kind(tch::Kind::Float))
+            .and_then(|t| t.f_div_scalar(255.0))
+            .and_then(|t| t.f_contiguous())
+            .and_then(|t| t.f_to_device(device))
+            .map_err(error::torch("bench input"))?;
+        total += n as usize;
+        inputs.push(x);
+    }
+    // The stream's decode workers run ahead in the background: stop them before timing.
+    drop(stream);
+    let Some(first) = inputs.first() else {
+        return Err(CacheError::Ingest { what: "no samples to benchmark on".into() });
+    };
+    for e in &experts {
+        let _warm = e.forward(first)?;
+    }
+    let t0 = Instant::now();
+    for x in &inputs {
+        for e in &experts {
+            let (sr, feat) = e.forward(x)?;
+            // Include the device-to-host copy: the pipeline cannot avoid it either.
+            let _ = sr.f_to_device(Device::Cpu).map_err(error::torch("bench copy"))?;
+            if let Some(f) = feat {
+                let _ = f.f_to_device(Device::Cpu).map_err(error::torch("bench copy"))?;
+            }
+        }
+    }
+    Ok(total as f64 / t0.elapsed().as_secs_f64())
+}

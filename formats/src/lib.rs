@@ -1,1 +1,222 @@
-//! srcache-formats
+//! srcache-formats: the data contract between srcache's stages.
+//!
+//! A *shard* (`*.srs`) is one file holding many samples; a sample is a fixed set of named tensors (the
+//! shard's [`Schema`]) plus [`SampleMeta`]. Shards are memory-mapped; any tensor of any sample is reached in
+//! O(1) through a fixed-size index, raw tensors are zero-copy slices of the map, every payload carries an
+//! xxh3-64 checksum. A *dataset* is a directory of shards plus a Parquet manifest. The byte layout is
+//! specified in `formats/FORMAT.md`; `python/srcache_reader.py` is an independent reader of it.
+//!
+//! This crate deliberately does not depend on tch: conversion to tensors happens in the crates that use tch.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+mod codec;
+mod dataset;
+mod error;
+mod manifest;
+mod shard;
+
+pub use codec::{decode_payload, encode, EncodedTensor};
+pub use dataset::{shard_file_name, Dataset, DatasetOptions, DatasetSummary, DatasetWriter, Resume};
+pub use error::{FormatError, Problem, Result};
+pub use manifest::{Manifest, ManifestRow, MANIFEST_FILE};
+pub use shard::{Shard, ShardSummary, ShardWriter, TensorView, FORMAT_VERSION, MAGIC, MAGIC_END};
+
+/// Element type of a tensor as stored (little-endian). bf16 is carried as its u16 bit pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    U8,
+    U16,
+    F16,
+    BF16,
+    F32,
+}
+
+impl DType {
+    pub const ALL: [DType; 5] = [DType::U8, DType::U16, DType::F16, DType::BF16, DType::F32];
+
+    pub fn size_of(self) -> usize {
+        match self {
+            DType::U8 => 1,
+            DType::U16 | DType::F16 | DType::BF16 => 2,
+            DType::F32 => 4,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DType::U8 => "u8",
+            DType::U16 => "u16",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F32 => "f32",
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16 | DType::F32)
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DType {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self> {
+        DType::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| FormatError::InvalidInput { what: format!("unknown dtype {s:?} (u8, u16, f16, bf16, f32)") })
+    }
+}
+
+/// How one tensor's bytes are stored. Every codec decodes back to the tensor's logical dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Codec {
+    /// Stored verbatim, 64-byte aligned: readable zero-copy from the map.
+    Raw,
+    /// zstd of the little-endian bytes.
+    Zstd { level: i32 },
+    /// Bytes split into planes (all byte 0s, then all byte 1s, ...) then zstd. Lossless; what makes float
+    /// tensors compress, because the high (sign/exponent) plane of a smooth image is highly repetitive.
+    ShuffleZstd { level: i32 },
+    /// LOSSY: dim 0 is the channel; per channel `value = offset + scale * q` with f32 scale/offset and u8 q.
+    /// Float dtypes only. Error per element is at most `scale / 2` (+ the dtype's own rounding).
+    AffineU8,
+}
+
+impl Codec {
+    /// Fast defaults: level 1 keeps encode well above 100 MB/s/core and costs little ratio on image data.
+    pub const ZSTD: Codec = Codec::Zstd { level: 1 };
+    pub const SHUFFLE_ZSTD: Codec = Codec::ShuffleZstd { level: 1 };
+
+    pub fn is_lossy(self) -> bool {
+        matches!(self, Codec::AffineU8)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Raw => "raw",
+            Codec::Zstd { .. } => "zstd",
+            Codec::ShuffleZstd { .. } => "shuffle_zstd",
+            Codec::AffineU8 => "affine_u8",
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Codec::Zstd { level } | Codec::ShuffleZstd { level } => write!(f, "{}({level})", self.name()),
+            _ => f.write_str(self.name()),
+        }
+    }
+}
+
+/// One named tensor of every sample in a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub codec: Codec,
+}
+
+impl TensorSpec {
+    pub fn new(name: impl Into<String>, dtype: DType, shape: &[usize], codec: Codec) -> Self {
+        TensorSpec { name: name.into(), dtype, shape: shape.to_vec(), codec }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Logical (decoded) byte length; None on overflow (only reachable from a hostile schema).
+    pub fn raw_len(&self) -> Option<usize> {
+        self.shape.iter().try_fold(self.dtype.size_of(), |acc, &d| acc.checked_mul(d))
+    }
+
+    /// Channel count for AffineU8: dim 0, or 1 for a scalar.
+    pub fn channels(&self) -> usize {
+        self.shape.first().copied().unwrap_or(1)
+    }
+}
+
+/// Self-description of a shard: its tensors in storage order, plus free-form attributes (e.g. "scale").
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Schema {
+    pub tensors: Vec<TensorSpec>,
+    #[serde(default)]
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl Schema {
+    pub fn new(tensors: Vec<TensorSpec>) -> Self {
+        Schema { tensors, attrs: BTreeMap::new() }
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.tensors.iter().position(|t| t.name == name)
+    }
+
+    /// Rejects schemas a reader could not serve: duplicate names, empty schema, AffineU8 on integers,
+    /// zero-sized or overflowing shapes, out-of-range zstd levels.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(FormatError::InvalidInput { what });
+        if self.tensors.is_empty() {
+            return bad("schema has no tensors".into());
+        }
+        for (i, t) in self.tensors.iter().enumerate() {
+            if t.name.is_empty() {
+                return bad(format!("tensor #{i} has an empty name"));
+            }
+            if self.tensors[..i].iter().any(|o| o.name == t.name) {
+                return bad(format!("duplicate tensor name {:?}", t.name));
+            }
+            if t.raw_len().is_none() {
+                return bad(format!("tensor {:?}: shape {:?} overflows", t.name, t.shape));
+            }
+            match t.codec {
+                Codec::AffineU8 if !t.dtype.is_float() => {
+                    return bad(format!("tensor {:?}: affine_u8 needs a float dtype, got {}", t.name, t.dtype))
+                }
+                Codec::Zstd { level } | Codec::ShuffleZstd { level } if !(-7..=22).contains(&level) => {
+                    return bad(format!("tensor {:?}: zstd level {level} outside -7..=22", t.name))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A patch rectangle in LR pixels of the source image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PatchBox {
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+}
+
+/// Per-sample metadata stored in the shard index (and mirrored in the manifest).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SampleMeta {
+    pub id: String,
+    pub source: String,
+    pub patch: PatchBox,
+    pub variant: String,
+    /// PSNR (dB, Y channel) of each expert's output against HR, keyed by expert name.
+    #[serde(default)]
+    pub psnr: BTreeMap<String, f32>,
+}

@@ -1,1 +1,69 @@
-//! srcache-ingest
+//! srcache-ingest: from a folder of HR images (DF2K, DIV2K, Set5, …) to a deterministic stream of LR/HR patch
+//! pairs. Scan and pair files, decode in parallel, make LR with MATLAB-exact bicubic, apply seeded degradation
+//! variants, cut a `PatchGrid`, and hand samples on through a bounded pipeline whose output order does not
+//! depend on the worker count (so a resumed run can skip exactly the samples it already has).
+//! Also home of the image maths the other stages share: `resize` and Y-channel `metrics`.
+
+pub mod degrade;
+pub mod error;
+pub mod metrics;
+pub mod patch;
+pub mod resize;
+pub mod scan;
+mod stream;
+
+pub use degrade::Variant;
+pub use error::{IngestError, Result, Skipped};
+pub use patch::PatchConfig;
+pub use scan::{decode_all, scan, ImageEntry, ScanConfig, ScanReport};
+/// Re-exported so tools can size thread pools (e.g. the 1-core benchmark) with the same rayon.
+pub use rayon;
+pub use stream::{prepare_image, stream, write_lr_folder, PatchStream, PreparedImage};
+
+use image::RgbImage;
+use srcache_formats::PatchBox;
+
+/// Everything one ingest run needs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct IngestConfig {
+    pub scan: ScanConfig,
+    pub patch: PatchConfig,
+    /// Degradation variants (see [`degrade`]); empty means the clean bicubic pair only.
+    pub variants: Vec<String>,
+    pub seed: u64,
+    /// Decode/LR workers; 0 = all cores.
+    pub workers: usize,
+    /// Fail on the first bad file instead of skipping it.
+    pub strict: bool,
+    /// Images in flight at most (bounds memory whatever the dataset size).
+    pub queue_depth: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            scan: ScanConfig::default(),
+            patch: PatchConfig::default(),
+            variants: Vec::new(),
+            seed: 0,
+            workers: 0,
+            strict: false,
+            queue_depth: 8,
+        }
+    }
+}
+
+/// One training sample before the experts run: an LR patch, its HR patch, and where it came from.
+#[derive(Debug, Clone)]
+pub struct PatchSample {
+    /// `<stem>_<x>_<y>_<variant>`, stable across runs.
+    pub id: String,
+    /// The HR source file.
+    pub source: String,
+    /// The patch box in LR pixels.
+    pub patch: PatchBox,
+    pub variant: String,
+    pub lr: RgbImage,
+    pub hr: RgbImage,
+}

@@ -1,0 +1,239 @@
+//! The run configuration (`cache.toml`): what to read, which experts, how to store their outputs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use srcache_formats::{Codec, DType};
+
+use crate::error::{CacheError, Result};
+use crate::expert::{Builtin, ExpertSource};
+
+/// File name of the config saved next to the shards; a rerun must match it.
+pub const CONFIG_FILE: &str = "cache.toml";
+/// Written after the manifest: its presence makes a rerun a no-op.
+pub const DONE_FILE: &str = "cache.done.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputConfig {
+    pub hr_dir: PathBuf,
+    /// Paired LR images; None = MATLAB bicubic downscale of HR.
+    pub lr_dir: Option<PathBuf>,
+    pub scale: u32,
+    /// LR patch side in pixels.
+    pub patch: u32,
+    pub stride: u32,
+    /// Drop patches whose LR standard deviation is below this (0..255 scale).
+    pub flat_threshold: Option<f32>,
+    /// Degradation variants in order (ingest preset names); empty = the clean bicubic pair only.
+    pub variants: Vec<String>,
+    pub seed: u64,
+    /// Decode workers (0 = automatic). Does not change the output.
+    pub workers: usize,
+    /// Stop after this many samples (for demos and benchmarks).
+    pub limit: Option<u64>,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            hr_dir: PathBuf::from("data/hr"),
+            lr_dir: None,
+            scale: 4,
+            patch: 64,
+            stride: 64,
+            flat_threshold: None,
+            variants: Vec::new(),
+            seed: 0,
+            workers: 0,
+            limit: None,
+        }
+    }
+}
+
+/// One expert and how its outputs are stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpertConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<Builtin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Outputs to store: "sr" and/or "feat". PSNR is computed whatever is kept.
+    #[serde(default = "default_keep")]
+    pub keep: Vec<String>,
+    /// Storage dtype of sr (and of feat unless feat_dtype is set).
+    #[serde(default = "default_dtype")]
+    pub dtype: DType,
+    #[serde(default = "default_codec")]
+    pub codec: Codec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feat_dtype: Option<DType>,
+    /// e.g. `{ kind = "affine_u8" }` for lossy 8-bit features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feat_codec: Option<Codec>,
+    /// Expert-split placement: the device this expert is pinned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+fn default_keep() -> Vec<String> {
+    vec!["sr".into(), "feat".into()]
+}
+fn default_dtype() -> DType {
+    DType::F16
+}
+fn default_codec() -> Codec {
+    Codec::SHUFFLE_ZSTD
+}
+
+impl ExpertConfig {
+    pub fn builtin(name: &str, which: Builtin) -> Self {
+        ExpertConfig {
+            name: name.into(),
+            builtin: Some(which),
+            path: None,
+            keep: default_keep(),
+            dtype: default_dtype(),
+            codec: default_codec(),
+            feat_dtype: None,
+            feat_codec: None,
+            device: None,
+        }
+    }
+
+    pub fn torchscript(name: &str, path: impl Into<PathBuf>) -> Self {
+        ExpertConfig { builtin: None, path: Some(path.into()), ..ExpertConfig::builtin(name, Builtin::Bicubic) }
+    }
+
+    pub fn source(&self) -> Result<ExpertSource> {
+        match (&self.builtin, &self.path) {
+            (Some(b), None) => Ok(ExpertSource::Builtin(*b)),
+            (None, Some(p)) => Ok(ExpertSource::TorchScript(p.clone())),
+            _ => Err(CacheError::Config {
+                what: format!("expert {:?}: give exactly one of `builtin` or `path`", self.name),
+            }),
+        }
+    }
+
+    pub fn keeps(&self, what: &str) -> bool {
+        self.keep.iter().any(|k| k == what)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// Every device runs every expert on its share of the batches.
+    #[default]
+    DataParallel,
+    /// Each expert runs on its `device` only; every batch visits every device.
+    ExpertSplit,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub input: InputConfig,
+    pub experts: Vec<ExpertConfig>,
+    /// Output directory: shards, manifest.parquet, cache.toml.
+    pub out: PathBuf,
+    /// `cpu`, `cpu:N`, `cuda:0,cuda:1`.
+    pub devices: String,
+    pub placement: Placement,
+    pub batch: usize,
+    /// fp16 autocast on CUDA devices (ignored on CPU).
+    pub fp16: bool,
+    /// Codec of the u8 lr/hr tensors.
+    pub image_codec: Codec,
+    /// A shard is closed once its payloads reach this many bytes.
+    pub target_shard_bytes: u64,
+    /// Compression threads (0 = automatic).
+    pub compress_workers: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            input: InputConfig::default(),
+            experts: vec![ExpertConfig::builtin("bicubic", Builtin::Bicubic)],
+            out: PathBuf::from("cache"),
+            devices: "cpu".into(),
+            placement: Placement::DataParallel,
+            batch: 16,
+            fp16: false,
+            image_codec: Codec::ZSTD,
+            target_shard_bytes: 2 << 30,
+            compress_workers: 0,
+        }
+    }
+}
+
+impl CacheConfig {
+    pub fn from_toml_file(path: &Path) -> Result<CacheConfig> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| CacheError::ConfigFile { path: path.to_path_buf(), what: e.to_string() })
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| CacheError::Config { what: format!("serialise config: {e}") })
+    }
+
+    /// Static checks, before anything is loaded.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(CacheError::Config { what });
+        if self.experts.is_empty() {
+            return bad("no experts configured".into());
+        }
+        if self.batch == 0 {
+            return bad("batch must be at least 1".into());
+        }
+        if self.target_shard_bytes == 0 {
+            return bad("target_shard_bytes must be positive".into());
+        }
+        if self.input.patch == 0 || self.input.stride == 0 {
+            return bad("patch and stride must be positive".into());
+        }
+        for (i, e) in self.experts.iter().enumerate() {
+            e.source()?;
+            if e.name.is_empty() || e.name.contains('/') {
+                return bad(format!("expert #{i}: name {:?} must be non-empty and contain no '/'", e.name));
+            }
+            if self.experts[..i].iter().any(|o| o.name == e.name) {
+                return bad(format!("duplicate expert name {:?}", e.name));
+            }
+            if let Some(k) = e.keep.iter().find(|k| *k != "sr" && *k != "feat") {
+                return bad(format!("expert {}: keep entry {k:?} is not \"sr\" or \"feat\"", e.name));
+            }
+            if !e.dtype.is_float() && e.dtype != DType::U8 {
+                return bad(format!("expert {}: sr dtype {} not supported (f16, bf16, f32, u8)", e.name, e.dtype));
+            }
+            if e.feat_dtype.is_some_and(|d| !d.is_float()) {
+                return bad(format!("expert {}: feat dtype must be a float type", e.name));
+            }
+            if self.placement == Placement::ExpertSplit && e.device.is_none() {
+                return bad(format!("expert {}: placement = expert_split needs a `device` per expert", e.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The part of the config that determines the cache's content: runtime knobs (devices, batch, workers,
+    /// placement) may change between a crash and its resume, content-defining ones may not.
+    pub fn content(&self) -> CacheConfig {
+        let mut c = self.clone();
+        c.devices = String::new();
+        c.placement = Placement::default();
+        c.batch = 0;
+        c.compress_workers = 0;
+        c.input.workers = 0;
+        c.out = PathBuf::new();
+        for e in &mut c.experts {
+            e.device = None;
+        }
+        c
+    }
+
+}

@@ -1,0 +1,94 @@
+//! The shard schema of a run: which tensor holds what, with shapes measured by probing the experts.
+
+use std::collections::BTreeMap;
+
+use srcache_formats::{Codec, DType, Schema, TensorSpec};
+use tch::{Kind, Tensor};
+
+use crate::config::CacheConfig;
+use crate::error::Result;
+use crate::expert::Expert;
+
+pub(crate) struct ExpertLayout {
+    pub name: String,
+    pub sr_dtype: DType,
+    pub feat_dtype: DType,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Slot {
+    Lr,
+    Hr,
+    Sr(usize),
+    Feat(usize),
+}
+
+pub(crate) struct Layout {
+    pub scale: u32,
+    pub patch: usize,
+    pub experts: Vec<ExpertLayout>,
+    pub schema: Schema,
+    slots: BTreeMap<String, Slot>,
+}
+
+impl Layout {
+    /// `probes[i]` is a loaded instance of expert i (any device).
+    pub fn build(cfg: &CacheConfig, probes: &[&Expert]) -> Result<Layout> {
+        let scale = cfg.input.scale;
+        let p = cfg.input.patch as usize;
+        let hp = p * scale as usize;
+        let mut tensors = vec![
+            TensorSpec::new("lr", DType::U8, &[3, p, p], cfg.image_codec),
+            TensorSpec::new("hr", DType::U8, &[3, hp, hp], cfg.image_codec),
+        ];
+        let mut slots = BTreeMap::from([("lr".to_string(), Slot::Lr), ("hr".to_string(), Slot::Hr)]);
+        let mut experts = Vec::new();
+        let mut attrs = BTreeMap::new();
+        attrs.insert("scale".to_string(), scale.to_string());
+        attrs.insert("patch".to_string(), p.to_string());
+        attrs.insert("experts".to_string(), cfg.experts.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(","));
+        for (i, (ec, ex)) in cfg.experts.iter().zip(probes).enumerate() {
+            let probe = ex.probe(p, p)?;
+            let feat_dtype = ec.feat_dtype.unwrap_or(if ec.dtype == DType::U8 { DType::F16 } else { ec.dtype });
+            if ec.keeps("sr") {
+                let name = format!("sr/{}", ec.name);
+                // u8 sr is already quantised: affine on top of it would be pointless (and is rejected).
+                let codec = if ec.dtype == DType::U8 && ec.codec == Codec::AffineU8 { Codec::ZSTD } else { ec.codec };
+                tensors.push(TensorSpec::new(&name, ec.dtype, &probe.sr, codec));
+                slots.insert(name, Slot::Sr(i));
+            }
+            if let (true, Some(shape)) = (ec.keeps("feat"), &probe.feat) {
+                let name = format!("feat/{}", ec.name);
+                tensors.push(TensorSpec::new(&name, feat_dtype, shape, ec.feat_codec.unwrap_or(ec.codec)));
+                slots.insert(name, Slot::Feat(i));
+            }
+            attrs.insert(format!("expert/{}", ec.name), ex.source().to_string());
+            experts.push(ExpertLayout { name: ec.name.clone(), sr_dtype: ec.dtype, feat_dtype });
+        }
+        let mut schema = Schema::new(tensors);
+        schema.attrs = attrs;
+        schema.validate()?;
+        Ok(Layout { scale, patch: p, experts, schema, slots })
+    }
+
+    pub fn slot(&self, name: &str) -> Option<Slot> {
+        self.slots.get(name).copied()
+    }
+
+    /// Bytes of one sample if every tensor were stored as raw f32: the baseline of the compression ratio.
+    pub fn raw_f32_bytes(&self) -> u64 {
+        self.schema.tensors.iter().map(|t| t.numel() as u64 * 4).sum()
+    }
+}
+
+/// Converts a [0,1] (sr) or free-range (feat) f32 tensor to its storage dtype.
+pub(crate) fn to_storage(t: &Tensor, dtype: DType) -> std::result::Result<Tensor, tch::TchError> {
+    match dtype {
+        DType::F16 => t.f_to_kind(Kind::Half),
+        DType::BF16 => t.f_to_kind(Kind::BFloat16),
+        DType::F32 => t.f_to_kind(Kind::Float),
+        DType::U8 | DType::U16 => {
+            t.f_mul_scalar(255.0)?.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)
+        }
+    }
+}

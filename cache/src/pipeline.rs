@@ -1,0 +1,506 @@
+//! The cache pipeline: ingest → batcher → device workers → joiner → compress workers → ordered writer,
+//! all on bounded crossbeam channels so decoding, inference, compression and disk I/O overlap.
+//!
+//! Every sample carries its position in the deterministic ingest stream (`seq`); the writer reassembles by
+//! `seq`, so the shards are identical whatever the worker counts — which is what makes resume-by-skipping
+//! correct.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use image::RgbImage;
+use srcache_formats::{encode, DatasetWriter, EncodedTensor, SampleMeta, Schema};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{torch, CacheError, Result};
+use crate::expert::Expert;
+use crate::layout::{ExpertLayout, Layout, Slot};
+use crate::source::{PatchSample, SampleStream};
+use crate::Progress;
+
+/// PSNR recorded for a perfect reconstruction (dB).
+pub const PSNR_CAP: f32 = 100.0;
+
+/// One batch of consecutive samples, all with the same LR shape.
+pub(crate) struct Batch {
+    pub id: u64,
+    pub first_seq: u64,
+    pub samples: Vec<PatchSample>,
+    /// NHWC u8 of all LR patches, contiguous: what becomes the input tensor.
+    pub lr_nhwc: Vec<u8>,
+}
+
+/// Outputs of one expert for one sample, already in storage dtype.
+pub(crate) struct ExpertOut {
+    pub sr: Vec<u8>,
+    pub feat: Option<Vec<u8>>,
+    /// u8-rounded sr, HWC: what PSNR is computed on.
+    pub sr_u8: RgbImage,
+}
+
+struct GroupOut {
+    batch: Arc<Batch>,
+    /// (expert index, per-sample outputs)
+    outs: Vec<(usize, Vec<ExpertOut>)>,
+}
+
+struct SampleWork {
+    seq: u64,
+    batch: Arc<Batch>,
+    index: usize,
+    outs: Vec<ExpertOut>, // in expert order
+}
+
+pub(crate) struct Encoded {
+    pub seq: u64,
+    pub meta: SampleMeta,
+    pub tensors: Vec<EncodedTensor>,
+}
+
+/// Busy time per stage, nanoseconds (summed over that stage's threads).
+#[derive(Default)]
+pub(crate) struct StageClock {
+    pub ingest: AtomicU64,
+    pub forward: AtomicU64,
+    pub compress: AtomicU64,
+    pub write: AtomicU64,
+}
+
+fn add(clock: &AtomicU64, since: Instant) {
+    clock.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// One device worker: a device and the experts (indices into the run's expert list) it runs.
+pub(crate) struct Group {
+    pub device: Device,
+    pub experts: Vec<usize>,
+}
+
+pub(crate) struct Plan<'a> {
+    pub layout: &'a Layout,
+    pub groups: Vec<Group>,
+    /// Whether every batch goes to every group (expert split) or to any one (data parallel).
+    pub broadcast: bool,
+    pub batch: usize,
+    pub fp16: bool,
+    pub compress_workers: usize,
+    /// Samples at the start of the stream that are recomputed (to keep batch composition identical to an
+    /// uninterrupted run) but not written, because complete shards already hold them.
+    pub drop_first: u64,
+    pub first_seq: u64,
+}
+
+pub(crate) struct PipelineStats {
+    pub written: u64,
+    pub psnr_sum: Vec<f64>,
+    pub clock: StageClock,
+}
+
+/// Runs the pipeline to the end of `stream`, writing into `writer`. Returns the writer (not finished) so the
+/// caller decides whether to finish (only when every stage succeeded).
+pub(crate) fn run_pipeline(
+    plan: Plan<'_>,
+    loaded: Vec<Vec<Expert>>,
+    stream: SampleStream,
+    mut writer: DatasetWriter,
+    progress: &dyn Progress,
+) -> Result<(DatasetWriter, PipelineStats)> {
+    let n_groups = plan.groups.len();
+    let layout = plan.layout;
+    let clock = StageClock::default();
+    let mut psnr_sum = vec![0.0f64; layout.experts.len()];
+    let mut written = 0u64;
+
+
+    let cap = 2 * n_groups.max(1) + 2;
+    type Links = (Vec<Sender<Arc<Batch>>>, Vec<Receiver<Arc<Batch>>>);
+    let (batch_txs, batch_rxs): Links = if plan.broadcast {
+        (0..n_groups).map(|_| bounded(2)).unzip()
+    } else {
+        let (tx, rx) = bounded(cap);
+        (vec![tx], vec![rx; n_groups])
+    };
+    let (group_tx, group_rx) = bounded::<GroupOut>(cap);
+    let (work_tx, work_rx) = bounded::<SampleWork>(plan.batch * 4);
+    let (enc_tx, enc_rx) = bounded::<Result<Encoded>>(plan.batch * 4);
+    let (err_tx, err_rx) = crossbeam_channel::unbounded::<CacheError>();
+
+    std::thread::scope(|s| {
+        // Batcher.
+        {
+            let err_tx = err_tx.clone();
+            let clock = &clock;
+            let batch_size = plan.batch;
+            let first_seq = plan.first_seq;
+            s.spawn(move || {
+                if let Err(e) = batcher(stream, &batch_txs, batch_size, first_seq, layout, clock) {
+                    let _ = err_tx.send(e);
+                }
+            });
+        }
+        // Device workers.
+        for (gi, (group, experts)) in plan.groups.iter().zip(loaded).enumerate() {
+            let rx = batch_rxs[gi].clone();
+            let tx = group_tx.clone();
+            let err_tx = err_tx.clone();
+            let clock = &clock;
+            let (batch, fp16) = (plan.batch, plan.fp16);
+            let idx = group.experts.clone();
+            s.spawn(move || {
+                if let Err(e) = device_worker(layout, experts, idx, rx, tx, batch, fp16, clock, progress) {
+                    let _ = err_tx.send(e);
+                }
+            });
+        }
+        drop(group_tx);
+        drop(batch_rxs);
+        // Joiner: waits for all groups of a batch (expert split), then fans out per sample.
+        {
+            let err_tx = err_tx.clone();
+            let need = if plan.broadcast { n_groups } else { 1 };
+            let n_experts = layout.experts.len();
+            s.spawn(move || {
+                if let Err(e) = joiner(group_rx, work_tx, need, n_experts) {
+                    let _ = err_tx.send(e);
+                }
+            });
+        }
+        // Compress workers.
+        for _ in 0..plan.compress_workers.max(1) {
+            let rx = work_rx.clone();
+            let tx = enc_tx.clone();
+            let clock = &clock;
+            s.spawn(move || {
+                for w in rx.iter() {
+                    let t0 = Instant::now();
+                    let r = compress(layout, w);
+                    add(&clock.compress, t0);
+                    if tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(work_rx);
+        drop(enc_tx);
+
+        // Ordered writer (this thread).
+        let result = (|| -> Result<()> {
+            let mut pending: BTreeMap<u64, Encoded> = BTreeMap::new();
+            let mut next = plan.first_seq;
+            let write_from = plan.first_seq + plan.drop_first;
+            for r in enc_rx.iter() {
+                let enc = r?;
+                pending.insert(enc.seq, enc);
+                while let Some(enc) = pending.remove(&next) {
+                    next += 1;
+                    if enc.seq < write_from {
+                        continue;
+                    }
+                    let t0 = Instant::now();
+                    let bytes: u64 = enc.tensors.iter().map(|t| t.bytes.len() as u64).sum();
+                    for (i, e) in layout.experts.iter().enumerate() {
+                        psnr_sum[i] += enc.meta.psnr.get(&e.name).copied().unwrap_or(0.0) as f64;
+                    }
+                    writer.write_encoded(&enc.meta, enc.tensors)?;
+                    add(&clock.write, t0);
+                    written += 1;
+                    progress.advance(1, bytes);
+                }
+            }
+            if let Some((&seq, _)) = pending.iter().next() {
+                return Err(CacheError::Pipeline { what: format!("sample #{next} never arrived (have #{seq})") });
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // Dropping the receiver stops the upstream stages.
+            drop(enc_rx);
+            let _ = err_tx.send(e);
+        }
+    });
+    drop(err_tx);
+    // The first error is the cause; later ones are mostly "channel closed" consequences of it.
+    if let Some(e) = err_rx.try_iter().next() {
+        return Err(e);
+    }
+    Ok((writer, PipelineStats { written, psnr_sum, clock }))
+}
+
+fn batcher(
+    stream: SampleStream,
+    txs: &[Sender<Arc<Batch>>],
+    batch_size: usize,
+    first_seq: u64,
+    layout: &Layout,
+    clock: &StageClock,
+) -> Result<()> {
+    let mut seq = first_seq;
+    let mut id = 0u64;
+    let mut cur: Vec<PatchSample> = Vec::with_capacity(batch_size);
+    let (lw, lh) = (layout.patch as u32, layout.patch as u32);
+    let (hw, hh) = (lw * layout.scale, lh * layout.scale);
+    let flush = |cur: &mut Vec<PatchSample>, id: &mut u64, seq: u64| -> bool {
+        if cur.is_empty() {
+            return true;
+        }
+        let samples = std::mem::take(cur);
+        let first = seq - samples.len() as u64;
+        let mut lr_nhwc = Vec::with_capacity(samples.len() * (lw * lh * 3) as usize);
+        for s in &samples {
+            lr_nhwc.extend_from_slice(s.lr.as_raw());
+        }
+        let b = Arc::new(Batch { id: *id, first_seq: first, samples, lr_nhwc });
+        *id += 1;
+        txs.iter().all(|tx| tx.send(b.clone()).is_ok())
+    };
+    let mut t0 = Instant::now();
+    for item in stream {
+        let sample = item?;
+        if sample.lr.dimensions() != (lw, lh) || sample.hr.dimensions() != (hw, hh) {
+            return Err(CacheError::Sample {
+                sample: sample.id.clone(),
+                what: format!(
+                    "lr {:?} / hr {:?}, the schema needs lr {lw}x{lh} and hr {hw}x{hh}",
+                    sample.lr.dimensions(),
+                    sample.hr.dimensions()
+                ),
+            });
+        }
+        cur.push(sample);
+        seq += 1;
+        if cur.len() == batch_size {
+            add(&clock.ingest, t0);
+            if !flush(&mut cur, &mut id, seq) {
+                return Ok(());
+            }
+            t0 = Instant::now();
+        }
+    }
+    add(&clock.ingest, t0);
+    flush(&mut cur, &mut id, seq);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn device_worker(
+    layout: &Layout,
+    experts: Vec<Expert>,
+    idx: Vec<usize>,
+    rx: Receiver<Arc<Batch>>,
+    tx: Sender<GroupOut>,
+    batch: usize,
+    fp16: bool,
+    clock: &StageClock,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let mut chunk = batch.max(1);
+    let mut warm: Vec<Vec<i64>> = Vec::new();
+    for b in rx.iter() {
+        let t0 = Instant::now();
+        let Some(first) = b.samples.first() else { continue };
+        let (w, h) = first.lr.dimensions();
+        let n = b.samples.len() as i64;
+        let mut outs = Vec::with_capacity(experts.len());
+        // All experts of a worker share its device: one upload per batch.
+        let device = experts.first().map(|e| e.device()).unwrap_or(Device::Cpu);
+        let x = Tensor::f_from_slice(&b.lr_nhwc)
+            .and_then(|t| t.f_reshape([n, h as i64, w as i64, 3]))
+            .and_then(|t| t.f_to_device(device))
+            .and_then(|t| t.f_permute([0, 3, 1, 2]))
+            .and_then(|t| t.f_to_kind(Kind::Float))
+            .and_then(|t| t.f_div_scalar(255.0))
+            .and_then(|t| t.f_contiguous())
+            .map_err(torch("build input batch"))?;
+        for (e, &i) in experts.iter().zip(&idx) {
+            // cudnn picks kernels per shape on first use: keep that out of the steady state.
+            let shape = vec![i as i64, n, h as i64, w as i64];
+            if device.is_cuda() && !warm.contains(&shape) {
+                let _warm = forward_chunked(e, &x, &mut chunk, fp16, progress)?;
+                warm.push(shape);
+            }
+            let (sr, feat) = forward_chunked(e, &x, &mut chunk, fp16, progress)?;
+            outs.push((i, split_outputs(e, &layout.experts[i], &sr, feat.as_ref(), n as usize)?));
+        }
+        add(&clock.forward, t0);
+        if tx.send(GroupOut { batch: b, outs }).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Forward in chunks of `chunk` samples; on CUDA out-of-memory halves the chunk (for good) and retries.
+fn forward_chunked(
+    e: &Expert,
+    x: &Tensor,
+    chunk: &mut usize,
+    fp16: bool,
+    progress: &dyn Progress,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let n = x.size()[0] as usize;
+    let autocast = fp16 && e.device().is_cuda();
+    loop {
+        let mut srs = Vec::new();
+        let mut feats = Vec::new();
+        let mut start = 0;
+        let mut oom = None;
+        while start < n {
+            let len = (*chunk).min(n - start);
+            let part = x.f_narrow(0, start as i64, len as i64).map_err(torch("split batch"))?;
+            match tch::autocast(autocast, || e.forward(&part)) {
+                Ok((sr, feat)) => {
+                    srs.push(sr);
+                    feats.extend(feat);
+                }
+                Err(err) if err.is_oom() && *chunk > 1 => {
+                    oom = Some(err);
+                    break;
+                }
+                Err(err) => return Err(err),
+            }
+            start += len;
+        }
+        if oom.is_some() {
+            *chunk /= 2;
+            progress.message(&format!("expert {}: CUDA out of memory, retrying with batch {}", e.name(), *chunk));
+            continue;
+        }
+        let cat = |v: &[Tensor]| Tensor::f_cat(v, 0).map_err(torch("join batch chunks"));
+        let sr = if srs.len() == 1 { srs.pop().unwrap_or_else(Tensor::new) } else { cat(&srs)? };
+        let feat = if feats.is_empty() { None } else { Some(cat(&feats)?) };
+        return Ok((sr, feat));
+    }
+}
+
+fn tensor_bytes(t: &Tensor, ctx: &str) -> Result<Vec<u8>> {
+    let t = t.f_contiguous().and_then(|t| t.f_to_device(Device::Cpu)).map_err(torch(ctx.to_string()))?;
+    let numel = t.numel();
+    let size = t.f_kind().map_err(torch(ctx.to_string()))?.elt_size_in_bytes();
+    let mut out = vec![0u8; numel * size];
+    t.f_copy_data_u8(&mut out, numel).map_err(torch(ctx.to_string()))?;
+    Ok(out)
+}
+
+fn split_outputs(e: &Expert, lay: &ExpertLayout, sr: &Tensor, feat: Option<&Tensor>, n: usize) -> Result<Vec<ExpertOut>> {
+    let ctx = format!("expert {} outputs", e.name());
+    let sz = sr.size();
+    let (hh, ww) = (sz[2] as u32, sz[3] as u32);
+    let store = crate::layout::to_storage(sr, lay.sr_dtype).map_err(torch(ctx.clone()))?;
+    let sr_bytes = tensor_bytes(&store, &ctx)?;
+    let q = sr
+        .f_mul_scalar(255.0)
+        .and_then(|t| t.f_round())
+        .and_then(|t| t.f_clamp(0.0, 255.0))
+        .and_then(|t| t.f_to_kind(Kind::Uint8))
+        .and_then(|t| t.f_permute([0, 2, 3, 1]))
+        .map_err(torch(ctx.clone()))?;
+    let u8_bytes = tensor_bytes(&q, &ctx)?;
+    let feat_bytes = match feat {
+        Some(f) => {
+            let f = crate::layout::to_storage(f, lay.feat_dtype).map_err(torch(ctx.clone()))?;
+            Some(tensor_bytes(&f, &ctx)?)
+        }
+        None => None,
+    };
+    let per_sr = sr_bytes.len() / n.max(1);
+    let per_u8 = u8_bytes.len() / n.max(1);
+    let per_feat = feat_bytes.as_ref().map(|b| b.len() / n.max(1));
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        let sr_u8 = RgbImage::from_raw(ww, hh, u8_bytes[k * per_u8..(k + 1) * per_u8].to_vec())
+            .ok_or_else(|| CacheError::Expert { name: e.name().into(), what: "sr buffer size mismatch".into() })?;
+        out.push(ExpertOut {
+            sr: sr_bytes[k * per_sr..(k + 1) * per_sr].to_vec(),
+            feat: feat_bytes.as_ref().zip(per_feat).map(|(b, p)| b[k * p..(k + 1) * p].to_vec()),
+            sr_u8,
+        });
+    }
+    Ok(out)
+}
+
+fn joiner(rx: Receiver<GroupOut>, tx: Sender<SampleWork>, need: usize, n_experts: usize) -> Result<()> {
+    // batch id -> (groups arrived, outputs by expert index)
+    type Partial = (usize, Vec<(usize, Vec<ExpertOut>)>);
+    let mut partial: HashMap<u64, Partial> = HashMap::new();
+    for g in rx.iter() {
+        let id = g.batch.id;
+        let entry = partial.entry(id).or_insert_with(|| (0, Vec::new()));
+        entry.0 += 1;
+        entry.1.extend(g.outs);
+        if entry.0 < need {
+            continue;
+        }
+        let Some((_, mut outs)) = partial.remove(&id) else { continue };
+        outs.sort_by_key(|(i, _)| *i);
+        if outs.len() != n_experts {
+            return Err(CacheError::Pipeline { what: format!("batch {id}: {} of {n_experts} experts", outs.len()) });
+        }
+        let n = g.batch.samples.len();
+        let mut per_sample: Vec<Vec<ExpertOut>> = (0..n).map(|_| Vec::with_capacity(n_experts)).collect();
+        for (_, v) in outs {
+            for (k, o) in v.into_iter().enumerate() {
+                if let Some(slot) = per_sample.get_mut(k) {
+                    slot.push(o);
+                }
+            }
+        }
+        for (k, outs) in per_sample.into_iter().enumerate() {
+            let w = SampleWork { seq: g.batch.first_seq + k as u64, batch: g.batch.clone(), index: k, outs };
+            if tx.send(w).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !partial.is_empty() {
+        return Err(CacheError::Pipeline { what: format!("{} batches incomplete at end of stream", partial.len()) });
+    }
+    Ok(())
+}
+
+fn hwc_to_chw(img: &RgbImage) -> Vec<u8> {
+    let (w, h) = img.dimensions();
+    let plane = (w * h) as usize;
+    let mut out = vec![0u8; plane * 3];
+    for (p, px) in img.as_raw().chunks_exact(3).enumerate() {
+        out[p] = px[0];
+        out[plane + p] = px[1];
+        out[2 * plane + p] = px[2];
+    }
+    out
+}
+
+fn compress(layout: &Layout, w: SampleWork) -> Result<Encoded> {
+    let s = &w.batch.samples[w.index];
+    let mut psnr = BTreeMap::new();
+    for (e, o) in layout.experts.iter().zip(&w.outs) {
+        let v = srcache_ingest::metrics::psnr_y(&o.sr_u8, &s.hr, layout.scale);
+        // Identical images (flat patches) give +inf, which JSON metadata cannot carry.
+        psnr.insert(e.name.clone(), if v.is_finite() { v as f32 } else { PSNR_CAP });
+    }
+    let meta = SampleMeta { id: s.id.clone(), source: s.source.clone(), patch: s.patch, variant: s.variant.clone(), psnr };
+    let schema: &Schema = &layout.schema;
+    let lr = hwc_to_chw(&s.lr);
+    let hr = hwc_to_chw(&s.hr);
+    let mut tensors = Vec::with_capacity(schema.tensors.len());
+    for spec in &schema.tensors {
+        let raw: &[u8] = match layout.slot(&spec.name) {
+            Some(Slot::Lr) => &lr,
+            Some(Slot::Hr) => &hr,
+            Some(Slot::Sr(i)) => &w.outs[i].sr,
+            Some(Slot::Feat(i)) => w.outs[i].feat.as_deref().unwrap_or_default(),
+            None => return Err(CacheError::Pipeline { what: format!("no producer for tensor {}", spec.name) }),
+        };
+        let enc = encode(spec, raw).map_err(|e| CacheError::Sample { sample: s.id.clone(), what: e.to_string() })?;
+        tensors.push(enc);
+    }
+    Ok(Encoded { seq: w.seq, meta, tensors })
+}
+
+pub(crate) fn secs(ns: &AtomicU64) -> f64 {
+    Duration::from_nanos(ns.load(Ordering::Relaxed)).as_secs_f64()
+}

@@ -1,0 +1,262 @@
+//! Tensor codecs. Payload layouts are specified in FORMAT.md ("Codecs"); the Python reader mirrors them.
+
+use std::cell::RefCell;
+
+use half::{bf16, f16};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::{Codec, DType, FormatError, Result, TensorSpec};
+
+/// A tensor payload ready to be appended to a shard: encoding is CPU-heavy, so callers do it on worker
+/// threads and hand the result to the (single) writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedTensor {
+    pub bytes: Vec<u8>,
+    /// Logical (decoded) length in bytes: numel * dtype size.
+    pub raw_len: u64,
+    /// xxh3-64 of `bytes` (the stored payload).
+    pub checksum: u64,
+}
+
+/// Encodes `raw` (little-endian values of `spec.dtype`, `numel * size_of` bytes) with `spec.codec`.
+pub fn encode(spec: &TensorSpec, raw: &[u8]) -> Result<EncodedTensor> {
+    let err = |what: String| FormatError::Encode { tensor: spec.name.clone(), what };
+    let want = spec.raw_len().ok_or_else(|| err(format!("shape {:?} overflows", spec.shape)))?;
+    if raw.len() != want {
+        return Err(err(format!(
+            "got {} bytes, {} {:?} needs {want}",
+            raw.len(),
+            spec.dtype,
+            spec.shape
+        )));
+    }
+    let bytes = match spec.codec {
+        Codec::Raw => raw.to_vec(),
+        Codec::Zstd { level } => zstd_compress(raw, level).map_err(err)?,
+        Codec::ShuffleZstd { level } => {
+            let k = spec.dtype.size_of();
+            if k == 1 {
+                zstd_compress(raw, level).map_err(err)?
+            } else {
+                let mut planes = vec![0u8; raw.len()];
+                shuffle(raw, &mut planes, k);
+                zstd_compress(&planes, level).map_err(err)?
+            }
+        }
+        Codec::AffineU8 => affine_encode(spec, raw).map_err(err)?,
+    };
+    let checksum = xxh3_64(&bytes);
+    Ok(EncodedTensor { bytes, raw_len: want as u64, checksum })
+}
+
+/// Stored payload length the codec must produce, when it is fixed (Raw, AffineU8); None for zstd.
+pub(crate) fn fixed_stored_len(spec: &TensorSpec) -> Option<u64> {
+    let raw = spec.raw_len()? as u64;
+    match spec.codec {
+        Codec::Raw => Some(raw),
+        Codec::AffineU8 => Some(8 * spec.channels() as u64 + spec.numel() as u64),
+        _ => None,
+    }
+}
+
+/// Decodes a stored payload into `out` (exactly the logical length). The error is a bare description;
+/// the shard layer adds the path, sample and tensor.
+pub fn decode_payload(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    if Some(out.len()) != spec.raw_len() {
+        return Err(format!("output buffer is {} bytes, tensor needs {:?}", out.len(), spec.raw_len()));
+    }
+    match spec.codec {
+        Codec::Raw => {
+            if stored.len() != out.len() {
+                return Err(format!("raw payload is {} bytes, expected {}", stored.len(), out.len()));
+            }
+            out.copy_from_slice(stored);
+            Ok(())
+        }
+        Codec::Zstd { .. } => zstd_decompress(stored, out),
+        Codec::ShuffleZstd { .. } => {
+            let k = spec.dtype.size_of();
+            if k == 1 {
+                return zstd_decompress(stored, out);
+            }
+            SCRATCH.with(|s| {
+                let mut planes = s.borrow_mut();
+                planes.clear();
+                planes.resize(out.len(), 0);
+                zstd_decompress(stored, &mut planes)?;
+                unshuffle(&planes, out, k);
+                Ok(())
+            })
+        }
+        Codec::AffineU8 => affine_decode(spec, stored, out),
+    }
+}
+
+thread_local! {
+    // Reused per thread: decode is the hot path of training and must not allocate per tensor.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn zstd_compress(data: &[u8], level: i32) -> std::result::Result<Vec<u8>, String> {
+    zstd::bulk::compress(data, level).map_err(|e| format!("zstd: {e}"))
+}
+
+fn zstd_decompress(src: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd context: {e}"))?);
+        }
+        let Some(dctx) = d.as_mut() else { return Err("zstd context unavailable".to_string()) };
+        let n = dctx.decompress_to_buffer(src, out).map_err(|e| format!("zstd: {e}"))?;
+        if n != out.len() {
+            return Err(format!("zstd frame holds {n} bytes, expected {}", out.len()));
+        }
+        Ok(())
+    })
+}
+
+/// Byte planes: plane j holds byte j of every element.
+fn shuffle(src: &[u8], dst: &mut [u8], k: usize) {
+    let n = src.len() / k;
+    match k {
+        2 => {
+            let (p0, p1) = dst.split_at_mut(n);
+            for ((e, a), b) in src.chunks_exact(2).zip(p0).zip(p1) {
+                *a = e[0];
+                *b = e[1];
+            }
+        }
+        _ => {
+            for (i, e) in src.chunks_exact(k).enumerate() {
+                for (j, &b) in e.iter().enumerate() {
+                    dst[j * n + i] = b;
+                }
+            }
+        }
+    }
+}
+
+fn unshuffle(planes: &[u8], out: &mut [u8], k: usize) {
+    let n = out.len() / k;
+    match k {
+        2 => {
+            let (p0, p1) = planes.split_at(n);
+            for ((e, &a), &b) in out.chunks_exact_mut(2).zip(p0).zip(p1) {
+                e[0] = a;
+                e[1] = b;
+            }
+        }
+        4 => {
+            let (p0, rest) = planes.split_at(n);
+            let (p1, rest) = rest.split_at(n);
+            let (p2, p3) = rest.split_at(n);
+            for (i, e) in out.chunks_exact_mut(4).enumerate() {
+                e[0] = p0[i];
+                e[1] = p1[i];
+                e[2] = p2[i];
+                e[3] = p3[i];
+            }
+        }
+        _ => {
+            for (i, e) in out.chunks_exact_mut(k).enumerate() {
+                for (j, b) in e.iter_mut().enumerate() {
+                    *b = planes[j * n + i];
+                }
+            }
+        }
+    }
+}
+
+/// Little-endian element `i` of `raw` as f32.
+pub(crate) fn to_f32_into(dtype: DType, raw: &[u8], out: &mut Vec<f32>) {
+    out.clear();
+    out.reserve(raw.len() / dtype.size_of());
+    match dtype {
+        DType::U8 => out.extend(raw.iter().map(|&b| b as f32)),
+        DType::U16 => out.extend(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f32)),
+        DType::F16 => out.extend(raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DType::BF16 => out.extend(raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DType::F32 => out.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+    }
+}
+
+fn affine_encode(spec: &TensorSpec, raw: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let c = spec.channels();
+    let numel = spec.numel();
+    let mut vals = Vec::new();
+    to_f32_into(spec.dtype, raw, &mut vals);
+    let per = if c == 0 { 0 } else { numel / c };
+    let mut out = Vec::with_capacity(8 * c + numel);
+    let mut params = Vec::with_capacity(c);
+    for ch in 0..c {
+        let chan = &vals[ch * per..(ch + 1) * per];
+        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+        for &v in chan {
+            if !v.is_finite() {
+                return Err(format!("affine_u8 cannot store non-finite value {v} (channel {ch})"));
+            }
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        if per == 0 {
+            (lo, hi) = (0.0, 0.0);
+        }
+        let scale = (hi - lo) / 255.0;
+        out.extend_from_slice(&scale.to_le_bytes());
+        out.extend_from_slice(&lo.to_le_bytes());
+        params.push((scale, lo));
+    }
+    for (ch, &(scale, lo)) in params.iter().enumerate() {
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        out.extend(vals[ch * per..(ch + 1) * per].iter().map(|&v| ((v - lo) * inv).round().clamp(0.0, 255.0) as u8));
+    }
+    Ok(out)
+}
+
+/// Per-channel (scale, offset) of an AffineU8 payload.
+pub(crate) fn affine_params(spec: &TensorSpec, stored: &[u8]) -> Option<Vec<(f32, f32)>> {
+    let c = spec.channels();
+    let head = stored.get(..8 * c)?;
+    Some(
+        head.chunks_exact(8)
+            .map(|p| {
+                (f32::from_le_bytes([p[0], p[1], p[2], p[3]]), f32::from_le_bytes([p[4], p[5], p[6], p[7]]))
+            })
+            .collect(),
+    )
+}
+
+fn affine_decode(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    let c = spec.channels();
+    let numel = spec.numel();
+    if stored.len() != 8 * c + numel {
+        return Err(format!("affine_u8 payload is {} bytes, expected {}", stored.len(), 8 * c + numel));
+    }
+    let params = affine_params(spec, stored).ok_or("affine_u8 payload too short")?;
+    let q = &stored[8 * c..];
+    let per = if c == 0 { 0 } else { numel / c };
+    let k = spec.dtype.size_of();
+    for (ch, &(scale, offset)) in params.iter().enumerate() {
+        // A 256-entry table per channel: decode becomes a lookup, and Rust and numpy agree bit-for-bit
+        // because both evaluate `offset + scale * q` in f32 without fusing.
+        let mut lut = [0u8; 256 * 4];
+        for qv in 0..256usize {
+            let v = offset + scale * qv as f32;
+            let dst = &mut lut[qv * k..(qv + 1) * k];
+            match spec.dtype {
+                DType::F16 => dst.copy_from_slice(&f16::from_f32(v).to_le_bytes()),
+                DType::BF16 => dst.copy_from_slice(&bf16::from_f32(v).to_le_bytes()),
+                DType::F32 => dst.copy_from_slice(&v.to_le_bytes()),
+                DType::U8 | DType::U16 => return Err(format!("affine_u8 on integer dtype {}", spec.dtype)),
+            }
+        }
+        let qs = &q[ch * per..(ch + 1) * per];
+        let dst = &mut out[ch * per * k..(ch + 1) * per * k];
+        for (e, &qv) in dst.chunks_exact_mut(k).zip(qs) {
+            e.copy_from_slice(&lut[qv as usize * k..(qv as usize + 1) * k]);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! The patch grid on LR images (BasicSR `extract_subimages` rule) and flat-patch filtering.
+
+use image::RgbImage;
+use srcache_formats::PatchBox;
+
+/// Patch size and stride in LR pixels; patches whose LR luma variance is below `flat_threshold` are skipped
+/// (they teach a fusion network nothing and waste cache space).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PatchConfig {
+    pub size: u32,
+    pub stride: u32,
+    pub flat_threshold: Option<f32>,
+}
+
+impl Default for PatchConfig {
+    fn default() -> Self {
+        PatchConfig { size: 64, stride: 48, flat_threshold: None }
+    }
+}
+
+/// Window starts along one axis: every `stride` from 0, plus one window flush with the end when the grid
+/// leaves a remainder (BasicSR's rule with thresh_size = 0). Empty when `len < size`.
+pub fn starts(len: u32, size: u32, stride: u32) -> Vec<u32> {
+    if len < size || size == 0 {
+        return Vec::new();
+    }
+    let stride = stride.max(1);
+    let mut v: Vec<u32> = (0..=(len - size)).step_by(stride as usize).collect();
+    if let Some(&last) = v.last() {
+        if last + size < len {
+            v.push(len - size);
+        }
+    }
+    v
+}
+
+/// All patch boxes of an LR image, row-major.
+pub fn grid(lr_w: u32, lr_h: u32, cfg: &PatchConfig) -> Vec<PatchBox> {
+    let mut out = Vec::new();
+    for &y in &starts(lr_h, cfg.size, cfg.stride) {
+        for &x in &starts(lr_w, cfg.size, cfg.stride) {
+            out.push(PatchBox { x, y, w: cfg.size, h: cfg.size });
+        }
+    }
+    out
+}
+
+/// Variance of the luma of a patch (0..255 scale).
+pub fn luma_variance(img: &RgbImage, b: &PatchBox) -> f32 {
+    let mut sum = 0f64;
+    let mut sq = 0f64;
+    for y in b.y..b.y + b.h {
+        for x in b.x..b.x + b.w {
+            let p = img.get_pixel(x, y).0;
+            let l = 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64;
+            sum += l;
+            sq += l * l;
+        }
+    }
+    let n = (b.w * b.h) as f64;
+    let m = sum / n;
+    (sq / n - m * m) as f32
+}
+
+/// Crops `b` (scaled by `scale`) out of `img`.
+pub fn crop(img: &RgbImage, b: &PatchBox, scale: u32) -> RgbImage {
+    image::imageops::crop_imm(img, b.x * scale, b.y * scale, b.w * scale, b.h * scale).to_image()
+}
+
+/// The stable id of a patch: `<stem>_<x>_<y>_<variant>` (LR coordinates).
+pub fn patch_id(stem: &str, b: &PatchBox, variant: &str) -> String {
+    format!("{stem}_{}_{}_{variant}", b.x, b.y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basicsr_last_window_rule() {
+        assert_eq!(starts(10, 4, 3), vec![0, 3, 6]);
+        assert_eq!(starts(11, 4, 3), vec![0, 3, 6, 7]);
+        assert_eq!(starts(4, 4, 3), vec![0]);
+        assert!(starts(3, 4, 3).is_empty());
+    }
+}

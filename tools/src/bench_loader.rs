@@ -1,0 +1,45 @@
+//! `srcache bench loader`: shard loader vs one-fp32-archive-per-sample baseline (goal >= 5x), and training step
+//! time fed by the loader vs in-memory batches (goal <= 1.05x), in one run.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use srcache_trainer::bench::{self, LoaderBenchConfig};
+
+#[derive(Args, Debug)]
+pub struct BenchLoaderArgs {
+    /// Scratch directory for the generated shards and archives (deleted and rewritten).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 48)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Batches timed on each side.
+    #[arg(long, default_value_t = 24)]
+    pub batches: usize,
+    /// Random sub-crop side in LR pixels (default: the whole 64x64 patch).
+    #[arg(long)]
+    pub crop: Option<u32>,
+    /// Store sr/feat zstd-compressed (byte-shuffled) instead of raw.
+    #[arg(long)]
+    pub zstd: bool,
+    #[arg(long, default_value_t = 12)]
+    pub train_steps: usize,
+}
+
+pub fn run(a: BenchLoaderArgs) -> anyhow::Result<()> {
+    let mut cfg = LoaderBenchConfig { samples: a.samples, batch_size: a.batch, workers: a.workers, batches: a.batches, crop: a.crop, train_steps: a.train_steps, ..Default::default() };
+    if let Some(d) = a.dir {
+        cfg.dir = d;
+    }
+    if a.zstd {
+        cfg.codec = srcache_formats::Codec::ShuffleZstd { level: 1 };
+    }
+    let report = bench::run(&cfg, &mut |m| eprintln!("{m}"))?;
+    println!("{report}");
+    let _ = std::fs::remove_dir_all(&cfg.dir);
+    Ok(())
+}

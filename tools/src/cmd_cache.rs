@@ -1,0 +1,205 @@
+//! `srcache cache`: run the experts over a dataset into shards (resumable; a finished run is a no-op).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use srcache_cache::{Builtin, CacheConfig, CacheSummary, ExpertConfig, Placement, Progress};
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    /// Run config (TOML). Flags given on the command line override its fields.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// HR image directory.
+    #[arg(long)]
+    pub hr: Option<PathBuf>,
+    /// Paired LR directory (default: bicubic downscale of HR).
+    #[arg(long)]
+    pub lr: Option<PathBuf>,
+    #[arg(long)]
+    pub scale: Option<u32>,
+    /// LR patch size.
+    #[arg(long)]
+    pub patch: Option<u32>,
+    #[arg(long)]
+    pub stride: Option<u32>,
+    /// Expert: NAME=builtin:bicubic|lanczos3|sharp_bicubic or NAME=path/to/expert.pt (repeatable).
+    #[arg(long = "expert")]
+    pub experts: Vec<String>,
+    /// Output directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// cpu, cpu:N, cuda:0,cuda:1
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// Pin each expert to its own device (NAME@cuda:1 in --expert); default is data-parallel.
+    #[arg(long)]
+    pub expert_split: bool,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// fp16 autocast on CUDA.
+    #[arg(long)]
+    pub fp16: bool,
+    #[arg(long)]
+    pub shard_mb: Option<u64>,
+    /// Stop after N samples.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Store features lossy as 8-bit (affine per channel).
+    #[arg(long)]
+    pub feat_u8: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `NAME=SOURCE[@DEVICE]`.
+fn parse_expert(s: &str) -> anyhow::Result<ExpertConfig> {
+    let (name, rest) = s.split_once('=').with_context(|| format!("--expert {s:?}: expected NAME=SOURCE"))?;
+    let (src, device) = match rest.rsplit_once('@') {
+        Some((a, d)) => (a, Some(d.to_string())),
+        None => (rest, None),
+    };
+    let mut e = match src.strip_prefix("builtin:") {
+        Some(b) => ExpertConfig::builtin(name, b.parse::<Builtin>()?),
+        None => ExpertConfig::torchscript(name, src),
+    };
+    e.device = device;
+    Ok(e)
+}
+
+pub fn build_config(a: &CacheArgs) -> anyhow::Result<CacheConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => CacheConfig::from_toml_file(p)?,
+        None => CacheConfig::default(),
+    };
+    if let Some(v) = &a.hr {
+        cfg.input.hr_dir = v.clone();
+    }
+    if a.lr.is_some() {
+        cfg.input.lr_dir = a.lr.clone();
+    }
+    if let Some(v) = a.scale {
+        cfg.input.scale = v;
+    }
+    if let Some(v) = a.patch {
+        cfg.input.patch = v;
+        cfg.input.stride = a.stride.unwrap_or(v);
+    }
+    if let Some(v) = a.stride {
+        cfg.input.stride = v;
+    }
+    if a.limit.is_some() {
+        cfg.input.limit = a.limit;
+    }
+    if !a.experts.is_empty() {
+        cfg.experts = a.experts.iter().map(|s| parse_expert(s)).collect::<anyhow::Result<_>>()?;
+    }
+    if a.feat_u8 {
+        for e in &mut cfg.experts {
+            e.feat_codec = Some(srcache_formats::Codec::AffineU8);
+        }
+    }
+    if let Some(v) = &a.out {
+        cfg.out = v.clone();
+    }
+    if let Some(v) = &a.devices {
+        cfg.devices = v.clone();
+    }
+    if a.expert_split {
+        cfg.placement = Placement::ExpertSplit;
+    }
+    if let Some(v) = a.batch {
+        cfg.batch = v;
+    }
+    if a.fp16 {
+        cfg.fp16 = true;
+    }
+    if let Some(v) = a.shard_mb {
+        cfg.target_shard_bytes = v << 20;
+    }
+    if a.config.is_none() && a.hr.is_none() {
+        bail!("give --config run.toml or at least --hr DIR --out DIR --expert NAME=SOURCE");
+    }
+    Ok(cfg)
+}
+
+/// indicatif bar: samples/s, MB/s written, ETA when the total is known.
+pub struct Bar {
+    bar: ProgressBar,
+    start: Instant,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Bar {
+    pub fn new(quiet: bool) -> Bar {
+        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+        Bar { bar, start: Instant::now(), bytes: Default::default() }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: Option<u64>, done: u64) {
+        let style = match total {
+            Some(t) => {
+                self.bar.set_length(t);
+                "{bar:30} {pos}/{len} samples  {per_sec}  {msg}  ETA {eta}"
+            }
+            None => "{spinner} {pos} samples  {per_sec}  {msg}",
+        };
+        if let Ok(s) = ProgressStyle::with_template(style) {
+            self.bar.set_style(s);
+        }
+        self.bar.set_position(done);
+    }
+    fn advance(&self, samples: u64, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.bar.inc(samples);
+        let mbs = total as f64 / 1e6 / self.start.elapsed().as_secs_f64().max(1e-3);
+        self.bar.set_message(format!("{mbs:.1} MB/s"));
+    }
+    fn message(&self, msg: &str) {
+        self.bar.println(msg);
+    }
+}
+
+pub fn print_summary(s: &CacheSummary) {
+    if s.no_op {
+        println!("already complete: {} samples in {} shards ({} bytes); nothing to do", s.samples, s.shards, s.bytes);
+        return;
+    }
+    println!(
+        "samples {} ({} resumed, {} written) in {} shards, {:.1} MB, {:.2}x smaller than raw f32",
+        s.samples,
+        s.resumed,
+        s.written,
+        s.shards,
+        s.bytes as f64 / 1e6,
+        s.ratio()
+    );
+    for (name, p) in &s.mean_psnr {
+        println!("  mean Y-PSNR {name:<16} {p:.2} dB");
+    }
+    println!(
+        "time {:.1}s wall; busy: ingest {:.1}s, forward {:.1}s, compress {:.1}s, write {:.1}s; {:.1} samples/s",
+        s.wall_s,
+        s.stages.ingest_s,
+        s.stages.forward_s,
+        s.stages.compress_s,
+        s.stages.write_s,
+        s.written as f64 / s.wall_s.max(1e-9)
+    );
+}
+
+pub fn run(a: CacheArgs) -> anyhow::Result<()> {
+    let cfg = build_config(&a)?;
+    let bar = Bar::new(a.quiet);
+    let summary = srcache_cache::run(&cfg, &bar)?;
+    bar.bar.finish_and_clear();
+    print_summary(&summary);
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! `srcache train --config train.toml --data DIR --out RUNDIR [--resume]`: fusion training over a cache.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use srcache_trainer::bench::read_config;
+use srcache_trainer::{train, TrainConfig};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Training config (TOML; missing fields take their defaults). Without it, defaults are used.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Cached dataset directory (shards + manifest.parquet).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run directory: checkpoints, metrics.csv, curves.png, val.json, fusion.pt.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from the run directory's latest checkpoint (same loss curve as an uninterrupted run).
+    #[arg(long)]
+    pub resume: bool,
+    /// Override the config's step count.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Override the config's device ("cpu", "cuda", "cuda:N", "auto").
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => read_config(p).with_context(|| format!("reading {}", p.display()))?,
+        None => TrainConfig::default(),
+    };
+    if let Some(s) = a.steps {
+        cfg.steps = s;
+    }
+    if let Some(d) = &a.device {
+        cfg.device = d.clone();
+    }
+    let pb = ProgressBar::new(cfg.steps);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(500));
+    let mut last_rate = (0.0, 0.0);
+    let summary = train(&cfg, &a.data, &a.out, a.resume, &mut |row| {
+        pb.set_position(row.step);
+        if row.steps_per_s > 0.0 {
+            last_rate = (row.steps_per_s, row.samples_per_s);
+        }
+        let val = row.val_psnr.map(|v| format!(" val {v:.2} dB")).unwrap_or_default();
+        pb.set_message(format!("loss {:.5} lr {:.2e} {:.2} steps/s {:.1} samples/s{val}", row.loss, row.lr, last_rate.0, last_rate.1));
+    })
+    .with_context(|| format!("training on {}", a.data.display()))?;
+    pb.finish();
+    println!("run {}: {} steps, final loss {:.5}, {} params, {:.1} samples/s", summary.run_dir.display(), summary.steps, summary.final_loss, summary.params, summary.samples_per_s);
+    if let Some(v) = &summary.val {
+        print!("{v}");
+        if let Some(best) = v.best_expert() {
+            println!("fused - best expert ({}): {:+.3} dB", best.name, v.fused().psnr - best.psnr);
+        }
+    }
+    if let Some(p) = &summary.exported {
+        println!("TorchScript fusion model: {}", p.display());
+    }
+    Ok(())
+}

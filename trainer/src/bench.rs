@@ -1,0 +1,253 @@
+//! `srcache bench loader`: the shard loader against the usual baseline (one fp32 torch archive per sample,
+//! read by worker threads with the same crop + flips), and training step time fed by the loader against
+//! synthetic in-memory batches. Lives here so the tools binary stays a thin wrapper.
+
+use crate::config::{LoaderConfig, TrainConfig};
+use crate::error::{io_err, Result, TorchCtx, TrainerError};
+use crate::loader::{Batch, Loader, LoaderPosition};
+use crate::train::{MemorySource, Trainer};
+use half::f16;
+use rand::{Rng, SeedableRng};
+use srcache_formats::{Codec, DType, Dataset, DatasetOptions, DatasetWriter, PatchBox, SampleMeta, Schema, TensorSpec};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct LoaderBenchConfig {
+    pub dir: PathBuf,
+    pub samples: usize,
+    pub batch_size: usize,
+    pub workers: usize,
+    pub batches: usize,
+    /// LR patch side of the cached samples (HR = 4×).
+    pub lr: usize,
+    pub crop: Option<u32>,
+    pub codec: Codec,
+    pub train_steps: usize,
+}
+
+impl Default for LoaderBenchConfig {
+    fn default() -> Self {
+        Self { dir: std::env::temp_dir().join("srcache-bench-loader"), samples: 48, batch_size: 8, workers: 2, batches: 24, lr: 64, crop: None, codec: Codec::Raw, train_steps: 12 }
+    }
+}
+
+pub const EXPERTS: [(&str, usize); 3] = [("hat", 180), ("swinir", 180), ("rrdb", 64)];
+
+#[derive(Debug, Clone)]
+pub struct LoaderBenchReport {
+    pub sample_mb_f16: f64,
+    pub loader_samples_s: f64,
+    pub loader_gb_s: f64,
+    pub baseline_samples_s: f64,
+    pub baseline_gb_s: f64,
+    pub ratio: f64,
+    pub step_loader_ms: f64,
+    pub step_synthetic_ms: f64,
+    pub step_ratio: f64,
+}
+
+impl std::fmt::Display for LoaderBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "sample: 3 experts, sr f16 3x256x256, feat f16 180/180/64x64x64, lr+hr u8 ({:.2} MB stored)", self.sample_mb_f16)?;
+        writeln!(f, "loader (mmap shards):          {:>8.1} samples/s  {:>6.2} GB/s delivered (f32)", self.loader_samples_s, self.loader_gb_s)?;
+        writeln!(f, "baseline (fp32 archive/sample): {:>7.1} samples/s  {:>6.2} GB/s", self.baseline_samples_s, self.baseline_gb_s)?;
+        writeln!(f, "ratio loader/baseline:          {:>7.2}x  (goal >= 5x)", self.ratio)?;
+        writeln!(f, "train step fed by loader:       {:>7.1} ms", self.step_loader_ms)?;
+        writeln!(f, "train step, in-memory batches:  {:>7.1} ms", self.step_synthetic_ms)?;
+        write!(f, "step time ratio:                {:>7.3}x  (goal <= 1.05x)", self.step_ratio)
+    }
+}
+
+fn smooth(rng: &mut impl Rng, c: usize, h: usize, w: usize, f: impl Fn(usize, f32) -> f32) -> Vec<f32> {
+    let (gx, gy, b): (f32, f32, f32) = (rng.gen_range(-0.002..0.002), rng.gen_range(-0.002..0.002), rng.gen_range(0.3..0.7));
+    let mut v = Vec::with_capacity(c * h * w);
+    for ch in 0..c {
+        for y in 0..h {
+            for x in 0..w {
+                v.push(f(ch, b + gx * x as f32 + gy * y as f32 + 0.05 * ((x * 7 + y * 13 + ch) % 17) as f32 / 17.0));
+            }
+        }
+    }
+    v
+}
+
+/// Writes the shard dataset and the baseline's per-sample fp32 archives (same values) into `cfg.dir`.
+pub fn write_realistic(cfg: &LoaderBenchConfig) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let (h, hh) = (cfg.lr, cfg.lr * 4);
+    let shards = cfg.dir.join("shards");
+    let base = cfg.dir.join("baseline");
+    for d in [&shards, &base] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).map_err(io_err(d))?;
+        }
+        std::fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    let mut specs = vec![TensorSpec::new("lr", DType::U8, &[3, h, h], Codec::Raw), TensorSpec::new("hr", DType::U8, &[3, hh, hh], Codec::Raw)];
+    for (e, c) in EXPERTS {
+        specs.push(TensorSpec::new(format!("sr/{e}"), DType::F16, &[3, hh, hh], cfg.codec));
+        specs.push(TensorSpec::new(format!("feat/{e}"), DType::F16, &[c, h, h], cfg.codec));
+    }
+    let mut schema = Schema::new(specs);
+    schema.attrs.insert("scale".into(), "4".into());
+    let (mut w, _) = DatasetWriter::create_or_resume(&shards, schema, DatasetOptions { target_shard_bytes: 256 << 20 })?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut archives = Vec::new();
+    for i in 0..cfg.samples {
+        let lr = smooth(&mut rng, 3, h, h, |_, v| v);
+        let hr = smooth(&mut rng, 3, hh, hh, |_, v| v);
+        let q = |v: &[f32]| v.iter().map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8).collect::<Vec<u8>>();
+        let (lr8, hr8) = (q(&lr), q(&hr));
+        let mut raws: Vec<Vec<u8>> = vec![lr8.clone(), hr8.clone()];
+        let mut named: Vec<(String, Tensor)> = vec![
+            ("lr".into(), Tensor::f_from_slice(&lr8)?.f_view([3, h as i64, h as i64])?.f_to_kind(Kind::Float)? / 255.0),
+            ("hr".into(), Tensor::f_from_slice(&hr8)?.f_view([3, hh as i64, hh as i64])?.f_to_kind(Kind::Float)? / 255.0),
+        ];
+        for (e, c) in EXPERTS {
+            let sr: Vec<f16> = hr.iter().map(|v| f16::from_f32(v * 0.98)).collect();
+            let ft: Vec<f16> = smooth(&mut rng, c, h, h, |ch, v| v * (1 + ch % 5) as f32).into_iter().map(f16::from_f32).collect();
+            for (name, v, shape) in [(format!("sr_{e}"), &sr, [3, hh, hh]), (format!("feat_{e}"), &ft, [c, h, h])] {
+                let f: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
+                named.push((name, Tensor::f_from_slice(&f)?.f_view([shape[0] as i64, shape[1] as i64, shape[2] as i64])?));
+                raws.push(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+            }
+        }
+        let meta = SampleMeta { id: format!("b{i:05}"), source: format!("img{i:05}.png"), patch: PatchBox { x: 0, y: 0, w: h as u32, h: h as u32 }, variant: "clean".into(), psnr: Default::default() };
+        let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
+        w.write(&meta, &refs)?;
+        let p = base.join(format!("{i:05}.pt"));
+        Tensor::save_multi(&named, &p).ctx("save_multi")?;
+        archives.push(p);
+    }
+    w.finish()?;
+    Ok((shards, archives))
+}
+
+/// The baseline: worker threads `load_multi` one fp32 archive per sample, apply the same crop and a dihedral
+/// transform with torch ops, and stack batches.
+fn baseline(archives: &[PathBuf], cfg: &LoaderBenchConfig, batches: usize) -> Result<(f64, u64)> {
+    let workers = cfg.workers.max(1);
+    let bs = cfg.batch_size;
+    let t0 = Instant::now();
+    let results: Vec<Result<u64>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..workers)
+            .map(|w| {
+                s.spawn(move || -> Result<u64> {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(w as u64);
+                    let mut bytes = 0u64;
+                    for b in (w..batches).step_by(workers) {
+                        let mut cols: Vec<Vec<Tensor>> = Vec::new();
+                        for k in 0..bs {
+                            let p = &archives[(b * bs + k) % archives.len()];
+                            let ts = Tensor::load_multi(p).ctx("load_multi")?;
+                            let d: u8 = rng.gen_range(0..8);
+                            let lr_side = ts[0].1.size()[1];
+                            let c = cfg.crop.map(|c| c as i64).unwrap_or(lr_side);
+                            let (y0, x0) = (rng.gen_range(0..=lr_side - c), rng.gen_range(0..=lr_side - c));
+                            if cols.is_empty() {
+                                cols = (0..ts.len()).map(|_| Vec::new()).collect();
+                            }
+                            for (j, (_, t)) in ts.iter().enumerate() {
+                                let r = t.size()[1] / lr_side;
+                                let mut x = t.f_narrow(1, y0 * r, c * r)?.f_narrow(2, x0 * r, c * r)?;
+                                if d & 1 != 0 { x = x.f_flip([2])?; }
+                                if d & 2 != 0 { x = x.f_flip([1])?; }
+                                if d & 4 != 0 { x = x.f_transpose(1, 2)?; }
+                                cols[j].push(x);
+                            }
+                        }
+                        for col in &cols {
+                            let st = Tensor::f_stack(col, 0)?.f_contiguous()?;
+                            bytes += st.numel() as u64 * 4;
+                        }
+                    }
+                    Ok(bytes)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(TrainerError::Loader { why: "baseline worker panicked".into() }))).collect()
+    });
+    let mut total = 0;
+    for r in results {
+        total += r?;
+    }
+    Ok((t0.elapsed().as_secs_f64(), total))
+}
+
+fn loader_run(ds: &Arc<Dataset>, cfg: &LoaderBenchConfig, batches: usize) -> Result<(f64, u64)> {
+    let lc = LoaderConfig { batch_size: cfg.batch_size, crop: cfg.crop, workers: cfg.workers, prefetch: 2, ..Default::default() };
+    let t0 = Instant::now();
+    let mut l = Loader::new(ds.clone(), (0..ds.len()).collect(), &lc, LoaderPosition::default())?;
+    let mut bytes = 0;
+    for _ in 0..batches {
+        bytes += l.next_batch()?.bytes();
+    }
+    Ok((t0.elapsed().as_secs_f64(), bytes))
+}
+
+fn clone_batch(b: &Batch) -> Batch {
+    Batch { lr: b.lr.copy(), hr: b.hr.copy(), sr: b.sr.iter().map(|t| t.copy()).collect(), feat: b.feat.iter().map(|t| t.copy()).collect(), indices: b.indices.clone() }
+}
+
+pub fn run(cfg: &LoaderBenchConfig, log: &mut dyn FnMut(&str)) -> Result<LoaderBenchReport> {
+    log(&format!("writing {} samples (shards + fp32 archives) under {}", cfg.samples, cfg.dir.display()));
+    let (shards, archives) = write_realistic(cfg)?;
+    let ds = Arc::new(Dataset::open(&shards)?);
+    let stored: u64 = ds.manifest().iter().map(|r| r.bytes).sum();
+    // Data-loading workers run torch single-threaded (as PyTorch's DataLoader workers do): otherwise OpenMP's
+    // spinning intra-op threads steal the 2 cores from the workers on both sides.
+    let threads = tch::get_num_threads();
+    tch::set_num_threads(1);
+    // Warm both paths once (page cache, allocator) before timing.
+    loader_run(&ds, cfg, 2)?;
+    baseline(&archives, cfg, 2)?;
+    let (tl, bl) = loader_run(&ds, cfg, cfg.batches)?;
+    log(&format!("loader: {} batches in {tl:.2}s", cfg.batches));
+    let (tb, bb) = baseline(&archives, cfg, cfg.batches)?;
+    log(&format!("baseline: {} batches in {tb:.2}s", cfg.batches));
+    let n = (cfg.batches * cfg.batch_size) as f64;
+    tch::set_num_threads(threads);
+
+    // Training step time: default fusion model, fed by the loader vs by the same batches held in memory.
+    let mut tc = TrainConfig::default();
+    tc.device = "cpu".into();
+    tc.steps = cfg.train_steps as u64 + 2;
+    let lc = LoaderConfig { batch_size: 2, crop: Some(32), workers: 1, prefetch: 2, ..Default::default() };
+    let mut loader = Loader::new(ds.clone(), (0..ds.len()).collect(), &lc, LoaderPosition::default())?;
+    tc.model.experts = loader.experts.clone();
+    tc.model.feat_channels = loader.feat_channels.clone();
+    let mut mem = MemorySource { batches: (0..4).map(|_| loader.next_batch().map(|b| clone_batch(&b))).collect::<Result<_>>()?, next: 0 };
+    let time_steps = |src: &mut dyn crate::train::BatchSource| -> Result<f64> {
+        let mut tr = Trainer::new(&tc)?;
+        tr.train_step(src)?;
+        let t0 = Instant::now();
+        for _ in 0..cfg.train_steps {
+            tr.train_step(src)?;
+        }
+        Ok(t0.elapsed().as_secs_f64() * 1000.0 / cfg.train_steps as f64)
+    };
+    let syn1 = time_steps(&mut mem)?;
+    let ld = time_steps(&mut loader)?;
+    let syn2 = time_steps(&mut mem)?;
+    let syn = (syn1 + syn2) / 2.0;
+    log(&format!("train step: loader {ld:.1} ms, synthetic {syn1:.1}/{syn2:.1} ms"));
+    Ok(LoaderBenchReport {
+        sample_mb_f16: stored as f64 / ds.len().max(1) as f64 / 1e6,
+        loader_samples_s: n / tl,
+        loader_gb_s: bl as f64 / tl / 1e9,
+        baseline_samples_s: n / tb,
+        baseline_gb_s: bb as f64 / tb / 1e9,
+        ratio: tb / tl,
+        step_loader_ms: ld,
+        step_synthetic_ms: syn,
+        step_ratio: ld / syn,
+    })
+}
+
+/// Reads a train.toml (missing fields take their defaults).
+pub fn read_config(path: &Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    toml::from_str(&text).map_err(|e| TrainerError::Config { what: path.display().to_string(), why: e.to_string() })
+}

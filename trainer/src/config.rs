@@ -1,0 +1,230 @@
+//! Serde configs (TOML in `train.toml`), all with `Default` so a config file only lists what it changes.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Which fusion head turns trunk features into the output image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// Per-pixel softmax over experts plus a residual; starts at the expert mean.
+    Gating,
+    /// Per-Haar-band softmax over experts plus a band residual; starts at the expert mean.
+    Frequency,
+    /// Residual on top of `delta_expert`; starts at that expert.
+    Delta,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FusionConfig {
+    pub head: Head,
+    /// Filled from the dataset schema when training; must match the data.
+    pub experts: Vec<String>,
+    /// Feature channels per expert (0 = expert has no features); filled from the dataset.
+    pub feat_channels: Vec<usize>,
+    pub use_feats: bool,
+    /// Output channels of each expert's 1×1 feature projection.
+    pub feat_proj: usize,
+    pub width: usize,
+    pub blocks: usize,
+    pub scale: u32,
+    /// Index into `experts` refined by the delta head (usually the best single expert).
+    pub delta_expert: usize,
+    /// Adds a zero-initialised Laplacian (high-pass) edge refinement after the head.
+    pub edge_refine: bool,
+}
+
+impl Default for FusionConfig {
+    fn default() -> Self {
+        Self {
+            head: Head::Gating,
+            experts: Vec::new(),
+            feat_channels: Vec::new(),
+            use_feats: true,
+            feat_proj: 8,
+            width: 48,
+            blocks: 4,
+            scale: 4,
+            delta_expert: 0,
+            edge_refine: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LossWeights {
+    pub l1: f64,
+    pub charbonnier: f64,
+    pub ssim: f64,
+    pub fft: f64,
+    pub edge: f64,
+    pub wavelet: f64,
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        Self { l1: 0.0, charbonnier: 1.0, ssim: 0.0, fft: 0.0, edge: 0.0, wavelet: 0.0 }
+    }
+}
+
+/// From `from_step` on, `weights` replace the base weights (the last stage that started wins).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossStage {
+    pub from_step: u64,
+    pub weights: LossWeights,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct LossConfig {
+    pub weights: LossWeights,
+    pub stages: Vec<LossStage>,
+}
+
+impl LossConfig {
+    pub fn weights_at(&self, step: u64) -> &LossWeights {
+        self.stages
+            .iter()
+            .filter(|s| s.from_step <= step)
+            .max_by_key(|s| s.from_step)
+            .map(|s| &s.weights)
+            .unwrap_or(&self.weights)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShuffleMode {
+    /// One permutation of all samples per epoch (random access through the mmaps is cheap).
+    Global,
+    /// Shards in random order, samples shuffled within a shard: page-cache friendly for caches larger than RAM.
+    ShardLocal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    /// Random sub-crop side in LR pixels; None = whole cached patch.
+    pub crop: Option<u32>,
+    pub dihedral: bool,
+    pub shuffle: ShuffleMode,
+    pub workers: usize,
+    /// Batches buffered per worker.
+    pub prefetch: usize,
+    pub seed: u64,
+    /// Experts to load (`sr/<name>`, `feat/<name>`); empty = every `sr/*` in the schema, sorted.
+    pub experts: Vec<String>,
+    pub load_feats: bool,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 8,
+            crop: None,
+            dihedral: true,
+            shuffle: ShuffleMode::Global,
+            workers: 2,
+            prefetch: 2,
+            seed: 0,
+            experts: Vec::new(),
+            load_feats: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub min_lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: u64,
+    /// Global gradient-norm clip; 0 disables.
+    pub clip_grad_norm: f64,
+    pub ema_decay: f64,
+    pub grad_accum: u32,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 2e-4,
+            min_lr: 1e-6,
+            betas: (0.9, 0.99),
+            eps: 1e-8,
+            weight_decay: 1e-4,
+            warmup_steps: 100,
+            clip_grad_norm: 1.0,
+            ema_decay: 0.999,
+            grad_accum: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub model: FusionConfig,
+    pub loss: LossConfig,
+    pub optim: OptimConfig,
+    pub loader: LoaderConfig,
+    pub steps: u64,
+    pub log_every: u64,
+    pub val_every: u64,
+    pub ckpt_every: u64,
+    pub keep_best: usize,
+    /// Fraction of source images held out for validation (split by `source`, never by patch).
+    pub val_fraction: f64,
+    pub val_max_samples: usize,
+    /// Benchmark folders (`HR/` + `LR_bicubic/X<scale>/`) evaluated on full images at validation time.
+    pub val_dirs: Vec<PathBuf>,
+    /// fp16 autocast + dynamic loss scaling; only ever active on CUDA.
+    pub amp: bool,
+    /// "cpu", "cuda", "cuda:N" or "auto".
+    pub device: String,
+    pub threads: Option<usize>,
+    pub seed: u64,
+    /// TorchScript export of the EMA model at the end of training.
+    pub export: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: FusionConfig::default(),
+            loss: LossConfig::default(),
+            optim: OptimConfig::default(),
+            loader: LoaderConfig::default(),
+            steps: 1000,
+            log_every: 10,
+            val_every: 200,
+            ckpt_every: 200,
+            keep_best: 3,
+            val_fraction: 0.1,
+            val_max_samples: 64,
+            val_dirs: Vec::new(),
+            amp: true,
+            device: "auto".to_string(),
+            threads: None,
+            seed: 0,
+            export: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn device(&self) -> tch::Device {
+        match self.device.as_str() {
+            "cpu" => tch::Device::Cpu,
+            "cuda" => tch::Device::Cuda(0),
+            d if d.starts_with("cuda:") => tch::Device::Cuda(d[5..].parse().unwrap_or(0)),
+            _ => tch::Device::cuda_if_available(),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The one training loop shared by every head: AdamW + warm-up/cosine, clipping, EMA, accumulation,
+//! CUDA-only fp16 autocast with dynamic loss scaling, atomic checkpoints, exact resume, metrics and plot.
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::TrainConfig;
+use crate::error::{io_err, Result, TorchCtx, TrainerError};
+use crate::loader::{Batch, Loader, LoaderPosition};
+use crate::losses;
+use crate::metrics::{MetricsCsv, Row};
+use crate::model::FusionNet;
+use crate::ops::upsample_bicubic;
+use crate::optim::{ema_update, lr_at, AdamW, LossScaler};
+use crate::validate::{self, ValTable};
+use srcache_formats::Dataset;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{nn::VarStore, Device, Tensor};
+
+/// Anything that yields batches with a resumable position (the shard loader, or in-memory batches in tests
+/// and the loader benchmark's synthetic baseline).
+pub trait BatchSource {
+    fn next_batch(&mut self) -> Result<Batch>;
+    fn position(&self) -> LoaderPosition;
+    fn seek(&mut self, pos: LoaderPosition) -> Result<()>;
+}
+
+impl BatchSource for Loader {
+    fn next_batch(&mut self) -> Result<Batch> {
+        Loader::next_batch(self)
+    }
+    fn position(&self) -> LoaderPosition {
+        Loader::position(self)
+    }
+    fn seek(&mut self, pos: LoaderPosition) -> Result<()> {
+        Loader::seek(self, pos);
+        Ok(())
+    }
+}
+
+/// Cycles through prepared batches; position.batch indexes them.
+pub struct MemorySource {
+    pub batches: Vec<Batch>,
+    pub next: u64,
+}
+
+impl BatchSource for MemorySource {
+    fn next_batch(&mut self) -> Result<Batch> {
+        let n = self.batches.len().max(1) as u64;
+        let b = self.batches.get((self.next % n) as usize).ok_or_else(|| TrainerError::Loader { why: "no batches".into() })?;
+        self.next += 1;
+        Ok(Batch { lr: b.lr.shallow_clone(), hr: b.hr.shallow_clone(), sr: b.sr.iter().map(|t| t.shallow_clone()).collect(), feat: b.feat.iter().map(|t| t.shallow_clone()).collect(), indices: b.indices.clone() })
+    }
+    fn position(&self) -> LoaderPosition {
+        let n = self.batches.len().max(1) as u64;
+        LoaderPosition { epoch: self.next / n, batch: self.next % n }
+    }
+    fn seek(&mut self, pos: LoaderPosition) -> Result<()> {
+        self.next = pos.epoch * self.batches.len() as u64 + pos.batch;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StepOut {
+    pub step: u64,
+    pub loss: f64,
+    pub parts: Vec<(String, f64)>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub skipped: bool,
+    pub samples: usize,
+}
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub device: Device,
+    pub vs: VarStore,
+    pub ema_vs: VarStore,
+    pub model: FusionNet,
+    pub ema: FusionNet,
+    pub opt: AdamW,
+    pub scaler: LossScaler,
+    pub step: u64,
+    pub best: Vec<(u64, f64)>,
+}
+
+/// Runs `model` on a batch: bicubic(lr) + experts (+ features) -> fused image.
+pub fn fuse(model: &FusionNet, b: &Batch) -> Result<Tensor> {
+    let lr_up = upsample_bicubic(&b.lr, model.cfg.scale)?;
+    model.forward(&lr_up, &b.sr, &b.feat)
+}
+
+impl Trainer {
+    /// `cfg.model.experts` / `feat_channels` must already describe the data.
+    pub fn new(cfg: &TrainConfig) -> Result<Self> {
+        let device = cfg.device();
+        if let Some(t) = cfg.threads {
+            tch::set_num_threads(t as i32);
+        }
+        tch::manual_seed(cfg.seed as i64);
+        let vs = VarStore::new(device);
+        let model = FusionNet::new(&vs.root(), &cfg.model)?;
+        let mut ema_vs = VarStore::new(device);
+        let ema = FusionNet::new(&ema_vs.root(), &cfg.model)?;
+        ema_vs.copy(&vs).ctx("ema init")?;
+        ema_vs.freeze();
+        let opt = AdamW::new(&vs, &cfg.optim)?;
+        // fp16 autocast and loss scaling only make sense (and only exist in libtorch) on CUDA.
+        let scaler = LossScaler::new(cfg.amp && device.is_cuda());
+        Ok(Self { cfg: cfg.clone(), device, vs, ema_vs, model, ema, opt, scaler, step: 0, best: Vec::new() })
+    }
+
+    pub fn train_step(&mut self, src: &mut dyn BatchSource) -> Result<StepOut> {
+        let accum = self.cfg.optim.grad_accum.max(1);
+        let lr = lr_at(&self.cfg.optim, self.step, self.cfg.steps);
+        let weights = self.cfg.loss.weights_at(self.step).clone();
+        self.opt.zero_grad()?;
+        let mut loss_sum = 0.0;
+        let mut parts_sum: Vec<(String, f64)> = Vec::new();
+        let mut samples = 0;
+        let amp = self.scaler.enabled;
+        for _ in 0..accum {
+            let b = src.next_batch()?.to_device(self.device)?;
+            samples += b.lr.size()[0] as usize;
+            let model = &self.model;
+            let (loss, parts) = tch::autocast(amp, || -> Result<_> {
+                let out = fuse(model, &b)?;
+                losses::total(&out.f_to_kind(tch::Kind::Float).ctx("out to f32")?, &b.hr, &weights)
+            })?;
+            let scaled = loss.f_mul_scalar(self.scaler.scale / accum as f64).ctx("scale loss")?;
+            scaled.f_backward().ctx("backward")?;
+            loss_sum += loss.f_double_value(&[]).ctx("loss value")? / accum as f64;
+            for (name, v) in parts {
+                let v = v.f_double_value(&[]).ctx("loss part")? / accum as f64;
+                match parts_sum.iter_mut().find(|(n, _)| n == name) {
+                    Some(p) => p.1 += v,
+                    None => parts_sum.push((name.to_string(), v)),
+                }
+            }
+        }
+        if self.scaler.scale != 1.0 {
+            self.opt.scale_grads(1.0 / self.scaler.scale)?;
+        }
+        let grad_norm = self.opt.clip(self.cfg.optim.clip_grad_norm)?;
+        let ok = self.scaler.update(grad_norm);
+        if ok {
+            self.opt.step(lr)?;
+            ema_update(&self.ema_vs, &self.vs, self.cfg.optim.ema_decay)?;
+        }
+        self.step += 1;
+        Ok(StepOut { step: self.step, loss: loss_sum, parts: parts_sum, lr, grad_norm, skipped: !ok, samples })
+    }
+
+    pub fn state(&self, loader: LoaderPosition, val_psnr: Option<f64>) -> TrainState {
+        TrainState { step: self.step, adam_t: self.opt.t, loader, scaler: self.scaler.clone(), config: self.cfg.clone(), val_psnr, best: self.best.clone() }
+    }
+
+    pub fn save(&self, run: &Path, loader: LoaderPosition, val_psnr: Option<f64>) -> Result<PathBuf> {
+        checkpoint::save(run, &self.state(loader, val_psnr), &self.vs, &self.ema_vs, &self.opt)
+    }
+
+    /// Restores the latest checkpoint of `run`; returns the loader position to seek to.
+    pub fn resume(&mut self, run: &Path) -> Result<Option<LoaderPosition>> {
+        let Some(dir) = checkpoint::latest(run)? else { return Ok(None) };
+        let st = checkpoint::read_state(&dir)?;
+        if st.config.model != self.cfg.model {
+            return Err(TrainerError::Checkpoint { path: dir, why: "model config differs from the checkpoint's".into() });
+        }
+        checkpoint::load_into(&dir, &st, &mut self.vs, &mut self.ema_vs, &mut self.opt)?;
+        self.step = st.step;
+        self.scaler = st.scaler;
+        self.best = st.best;
+        Ok(Some(st.loader))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub final_loss: f64,
+    pub val: Option<ValTable>,
+    pub params: i64,
+    pub run_dir: PathBuf,
+    pub exported: Option<PathBuf>,
+    pub samples_per_s: f64,
+}
+
+/// Splits sample indices by source image: a source is held out when its hash falls under `fraction`.
+pub fn split_by_source(ds: &Dataset, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let (mut tr, mut va) = (Vec::new(), Vec::new());
+    for (i, row) in ds.manifest().iter().enumerate() {
+        let h = xx(row.source.as_bytes(), seed);
+        if ((h % 10_000) as f64) < fraction * 10_000.0 {
+            va.push(i);
+        } else {
+            tr.push(i);
+        }
+    }
+    if tr.is_empty() {
+        std::mem::swap(&mut tr, &mut va);
+    }
+    (tr, va)
+}
+
+fn xx(b: &[u8], seed: u64) -> u64 {
+    // FNV-1a then a seed mix: stable across platforms and releases (unlike DefaultHasher).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for &c in b {
+        h ^= c as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Per-step observer (progress bars, logs).
+pub type Progress<'a> = &'a mut dyn FnMut(&Row);
+
+/// Full run over a cached dataset directory: writes checkpoints, metrics.csv, curves.png, val.json, fusion.pt.
+pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress: Progress) -> Result<TrainSummary> {
+    std::fs::create_dir_all(run).map_err(io_err(run))?;
+    let ds = Arc::new(Dataset::open(data)?);
+    let mut cfg = cfg.clone();
+    let (train_idx, val_idx) = split_by_source(&ds, cfg.val_fraction, cfg.seed);
+    let mut loader = Loader::new(ds.clone(), train_idx, &cfg.loader, LoaderPosition::default())?;
+    cfg.model.experts = loader.experts.clone();
+    cfg.model.feat_channels = loader.feat_channels.clone();
+    let scale = ds.schema().and_then(|s| s.attrs.get("scale")).and_then(|v| v.parse().ok());
+    if let Some(s) = scale {
+        cfg.model.scale = s;
+    }
+    let cfg_text = toml::to_string(&cfg).map_err(|e| TrainerError::Config { what: "train config".into(), why: e.to_string() })?;
+    checkpoint::write_atomic(&run.join("config.toml"), cfg_text.as_bytes())?;
+    let mut tr = Trainer::new(&cfg)?;
+    let resumed = if resume { tr.resume(run)? } else { None };
+    if let Some(pos) = resumed {
+        loader.seek(pos);
+    }
+    let mut csv = MetricsCsv::open(run, resumed.map(|_| tr.step))?;
+    let params = crate::model::param_count(&tr.vs);
+    let mut last_loss = f64::NAN;
+    let mut val: Option<ValTable> = None;
+    let t0 = Instant::now();
+    let mut window = (Instant::now(), 0u64, 0usize);
+    let mut total_samples = 0usize;
+    while tr.step < cfg.steps {
+        let out = tr.train_step(&mut loader)?;
+        last_loss = out.loss;
+        total_samples += out.samples;
+        window.1 += 1;
+        window.2 += out.samples;
+        let last = tr.step == cfg.steps;
+        let mut row = Row { step: out.step, loss: out.loss, parts: out.parts.clone(), lr: out.lr, grad_norm: out.grad_norm, ..Default::default() };
+        let do_val = !val_idx.is_empty() && (last || (cfg.val_every > 0 && tr.step % cfg.val_every == 0));
+        if do_val {
+            let table = validate::held_out(&tr.ema, &ds, &val_idx, &cfg)?;
+            row.val_psnr = Some(table.fused().psnr);
+            row.val_ssim = Some(table.fused().ssim);
+            val = Some(table);
+        }
+        if last || do_val || (cfg.log_every > 0 && tr.step % cfg.log_every == 0) {
+            let dt = window.0.elapsed().as_secs_f64().max(1e-9);
+            row.steps_per_s = window.1 as f64 / dt;
+            row.samples_per_s = window.2 as f64 / dt;
+            window = (Instant::now(), 0, 0);
+            csv.write(&row)?;
+        }
+        progress(&row);
+        if last || (cfg.ckpt_every > 0 && tr.step % cfg.ckpt_every == 0) || do_val {
+            if let Some(p) = row.val_psnr {
+                checkpoint::update_best(&mut tr.best, tr.step, p, cfg.keep_best);
+            }
+            tr.save(run, loader.position(), row.val_psnr)?;
+            checkpoint::prune(run, &tr.best, tr.step)?;
+        }
+    }
+    drop(csv);
+    crate::metrics::plot(&run.join("metrics.csv"), &run.join("curves.png"))?;
+    if let Some(v) = &val {
+        let json = serde_json::to_vec_pretty(v).map_err(|e| TrainerError::Config { what: "val table".into(), why: e.to_string() })?;
+        checkpoint::write_atomic(&run.join("val.json"), &json)?;
+    }
+    let exported = if cfg.export {
+        let p = run.join("fusion.pt");
+        crate::export::export(&tr.ema, &loader.feat_channels, &p)?;
+        Some(p)
+    } else {
+        None
+    };
+    Ok(TrainSummary {
+        steps: tr.step,
+        final_loss: last_loss,
+        val,
+        params,
+        run_dir: run.to_path_buf(),
+        exported,
+        samples_per_s: total_samples as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+    })
+}
