@@ -89,18 +89,21 @@ fn cpu_run_with_exported_and_builtin_experts() {
     sorted_by_stream.dedup();
     assert_eq!(sorted_by_stream.len(), 40, "duplicate sample ids");
 
-    if workspace().join("python/srcache_reader.py").exists() {
-        let code = "import sys; sys.path.insert(0, sys.argv[1]); import srcache_reader as r; \
-                    ds = r.Dataset(sys.argv[2]); assert len(ds) == 40, len(ds); \
-                    s = ds[3]; assert s['sr/rrdb'].shape == (3, 32, 32), s['sr/rrdb'].shape; print('ok')";
-        let o = Command::new(python())
-            .args(["-c", code])
-            .arg(workspace().join("python"))
-            .arg(&out)
-            .output()
-            .expect("python reader");
-        assert!(o.status.success(), "python reader: {}", String::from_utf8_lossy(&o.stderr));
-    }
+    // The Python reader (numpy + zstandard + pyarrow, no Rust) reads the same shards through the manifest.
+    let code = "import sys, os; sys.path.insert(0, sys.argv[1]); import srcache_reader as r; \
+                m = r.read_manifest(os.path.join(sys.argv[2], 'manifest.parquet')).to_pylist(); \
+                assert len(m) == 40, len(m); row = m[3]; \
+                s = r.Shard(os.path.join(sys.argv[2], row['shard'])).sample(row['index']); \
+                assert s['sr/rrdb'].shape == (3, 32, 32), s['sr/rrdb'].shape; \
+                assert s['lr'].shape == (3, 16, 16), s['lr'].shape; print('ok')";
+    let o = Command::new(python())
+        .args(["-c", code])
+        .arg(workspace().join("python"))
+        .arg(&out)
+        .output()
+        .expect("python reader");
+    assert!(o.status.success(), "python reader: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok");
 
     // A finished run is a no-op; a different config in the same directory is refused.
     let again = run(&cfg, &NoProgress).expect("rerun");

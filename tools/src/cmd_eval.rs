@@ -79,7 +79,7 @@ pub fn eval_dataset(stack: &SrStack, dir: &Path, bar: &ProgressBar) -> Result<Ve
         };
         let out = stack.run(&img.lr).with_context(|| format!("{}", entry.hr.display()))?;
         let crop = stack.scale;
-        let mut results = vec![("bicubic".to_string(), &out.bicubic)];
+        let mut results = vec![("matlab_bicubic".to_string(), &out.bicubic)];
         results.extend(out.experts.iter().map(|(n, i)| (n.clone(), i)));
         if let Some(f) = &out.fused {
             results.push(("fused".to_string(), f));

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench_cache;
+mod bench_formats;
 mod bench_ingest;
 mod bench_loader;
 mod cmd_cache;
@@ -11,6 +12,7 @@ mod cmd_demo;
 mod cmd_dump;
 mod cmd_eval;
 mod cmd_export;
+mod cmd_infer;
 mod cmd_ingest;
 mod cmd_inspect;
 mod cmd_stats;
@@ -49,6 +51,8 @@ enum Command {
     /// PSNR/SSIM tables on benchmark folders (Set5/Set14/B100/Urban100/Manga109 layout) for bicubic, each
     /// expert and a trained fusion model.
     Eval(cmd_eval::Args),
+    /// Super-resolve full images of any size with the experts (+ fusion), tiled with overlap blending.
+    Infer(cmd_infer::Args),
     /// Show a shard's or dataset's schema, sample count, per-tensor bytes and compression ratio.
     Inspect(cmd_inspect::Args),
     /// Check every checksum and that the manifest agrees with the shards; non-zero exit on any problem.
@@ -74,6 +78,8 @@ enum Bench {
     Cache(bench_cache::BenchCacheArgs),
     /// Shard loader vs one fp32 archive per sample; training step fed by the loader vs in-memory batches.
     Loader(bench_loader::BenchLoaderArgs),
+    /// Per-codec encode/decode GB/s and ratio on real-photo content; shard vs one fp32 archive per sample.
+    Formats(bench_formats::BenchFormatsArgs),
 }
 
 fn main() {
@@ -85,6 +91,7 @@ fn main() {
         Command::Cache(a) => cmd_cache::run(a),
         Command::Train(a) => cmd_train::run(a),
         Command::Eval(a) => cmd_eval::run(a),
+        Command::Infer(a) => cmd_infer::run(a),
         Command::Inspect(a) => cmd_inspect::run(a),
         Command::Verify(a) => cmd_verify::run(a),
         Command::Stats(a) => cmd_stats::run(a),
@@ -95,6 +102,7 @@ fn main() {
             Bench::Ingest(a) => bench_ingest::run_ingest(a),
             Bench::Cache(a) => bench_cache::run(a),
             Bench::Loader(a) => bench_loader::run(a),
+            Bench::Formats(a) => bench_formats::run(a),
         },
     };
     if let Err(err) = result {
