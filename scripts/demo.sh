@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 cargo build --release --locked -p srcache
-exec target/release/srcache doctor "$@"
+target/release/srcache doctor
+exec target/release/srcache demo "$@"
