@@ -7,8 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use srcache_ingest::metrics::{psnr_y, ssim_y};
 use srcache_ingest::{prepare_image, scan, ScanConfig};
 
-use crate::srstack::{expert_list, SrStack};
-use crate::tiling::Tiling;
+use crate::srstack::{SrStack, StackArgs};
 
 /// Evaluate on benchmark folders (Set5/Set14/B100/Urban100/Manga109 layout: DIR/HR/*.png and optionally
 /// DIR/LR_bicubic/X<scale>/*x<scale>.png; LR is made with MATLAB bicubic when absent). Metrics follow the
@@ -18,25 +17,8 @@ pub struct Args {
     /// Benchmark folders (each with HR/, or itself a folder of HR images).
     #[arg(required = true)]
     pub datasets: Vec<PathBuf>,
-    /// Upscaling factor.
-    #[arg(long, default_value_t = 4)]
-    pub scale: u32,
-    /// Expert as NAME=builtin:KIND (bicubic, lanczos3, sharp_bicubic) or NAME=FILE.pt; repeatable.
-    /// Default: the experts of --cache, else the three built-ins.
-    #[arg(long = "expert")]
-    pub experts: Vec<String>,
-    /// A cache directory whose cache.toml lists the experts.
-    #[arg(long)]
-    pub cache: Option<PathBuf>,
-    /// A training run directory (from `srcache train`) whose fusion.pt is evaluated too.
-    #[arg(long)]
-    pub run: Option<PathBuf>,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Tile side in LR pixels for the experts (0 = whole image).
-    #[arg(long, default_value_t = 192)]
-    pub tile: i64,
+    #[command(flatten)]
+    pub stack: StackArgs,
     /// Also write the table as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -50,11 +32,6 @@ pub struct Row {
     pub psnr: f64,
     pub ssim: f64,
     pub images: usize,
-}
-
-pub fn device(spec: &str) -> Result<tch::Device> {
-    let d = srcache_cache::parse_devices(spec).map_err(|e| anyhow::anyhow!("{e}"))?;
-    d.first().copied().context("no device given")
 }
 
 /// Evaluates `stack` on one benchmark folder.
@@ -109,10 +86,7 @@ pub fn print_table(rows: &[Row]) {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let device = device(&a.device)?;
-    let experts = expert_list(&a.experts, a.cache.as_deref())?;
-    let tiling = Tiling { tile: if a.tile <= 0 { i64::MAX / 4 } else { a.tile }, overlap: 16 };
-    let stack = SrStack::new(a.scale, &experts, a.run.as_deref(), device, tiling)?;
+    let stack = a.stack.build()?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );

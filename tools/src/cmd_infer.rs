@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::srstack::{expert_list, SrStack};
-use crate::tiling::Tiling;
+use crate::srstack::StackArgs;
 
 /// Super-resolve LR images: every expert, and the fusion model when --run is given. Output files are
 /// OUT/<stem>_<method>.png (method = expert name or "fused").
@@ -19,36 +18,15 @@ pub struct Args {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
-    /// Upscaling factor.
-    #[arg(long, default_value_t = 4)]
-    pub scale: u32,
-    /// Expert as NAME=builtin:KIND or NAME=FILE.pt; repeatable. Default: --cache's experts, else the built-ins.
-    #[arg(long = "expert")]
-    pub experts: Vec<String>,
-    /// A cache directory whose cache.toml lists the experts.
-    #[arg(long)]
-    pub cache: Option<PathBuf>,
-    /// A training run directory whose fusion.pt fuses the experts.
-    #[arg(long)]
-    pub run: Option<PathBuf>,
+    #[command(flatten)]
+    pub stack: StackArgs,
     /// Only write the fused image (needs --run).
     #[arg(long)]
     pub fused_only: bool,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Tile side in LR pixels.
-    #[arg(long, default_value_t = 192)]
-    pub tile: i64,
-    /// Tile overlap in LR pixels (blended linearly).
-    #[arg(long, default_value_t = 16)]
-    pub overlap: i64,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let device = crate::cmd_eval::device(&a.device)?;
-    let experts = expert_list(&a.experts, a.cache.as_deref())?;
-    let stack = SrStack::new(a.scale, &experts, a.run.as_deref(), device, Tiling { tile: a.tile, overlap: a.overlap })?;
+    let stack = a.stack.build()?;
     let mut files = Vec::new();
     for p in &a.inputs {
         if p.is_dir() {

@@ -11,6 +11,43 @@ use tch::{CModule, Device, Kind, Tensor};
 
 use crate::tiling::{run_tiled, Tiling};
 
+/// Which experts (and fusion model) to run, where, and in what tiles: shared by `eval` and `infer`.
+#[derive(clap::Args, Debug)]
+pub struct StackArgs {
+    /// Upscaling factor.
+    #[arg(long, default_value_t = 4)]
+    pub scale: u32,
+    /// Expert as NAME=builtin:KIND (bicubic, lanczos3, sharp_bicubic) or NAME=FILE.pt; repeatable.
+    /// Default: the experts of --cache, else the three built-ins.
+    #[arg(long = "expert")]
+    pub experts: Vec<String>,
+    /// A cache directory whose cache.toml lists the experts.
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// A training run directory (from `srcache train`) whose fusion.pt fuses the experts.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Tile side in LR pixels for the experts (0 = whole image).
+    #[arg(long, default_value_t = 192)]
+    pub tile: i64,
+    /// Tile overlap in LR pixels (blended linearly).
+    #[arg(long, default_value_t = 16)]
+    pub overlap: i64,
+}
+
+impl StackArgs {
+    pub fn build(&self) -> Result<SrStack> {
+        let devices = srcache_cache::parse_devices(&self.device).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let device = devices.first().copied().context("no device given")?;
+        let experts = expert_list(&self.experts, self.cache.as_deref())?;
+        let tile = if self.tile <= 0 { i64::MAX / 4 } else { self.tile };
+        SrStack::new(self.scale, &experts, self.run.as_deref(), device, Tiling { tile, overlap: self.overlap })
+    }
+}
+
 /// Parses `name=builtin:lanczos3` or `name=path/to/expert.pt`.
 pub fn parse_expert(spec: &str) -> Result<(String, ExpertSource)> {
     let (name, src) = spec.split_once('=').with_context(|| format!("expert {spec:?}: expected NAME=builtin:KIND or NAME=FILE.pt"))?;
