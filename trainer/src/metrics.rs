@@ -13,14 +13,14 @@ pub struct Rgb8<'a> {
     pub h: usize,
 }
 
+/// The cropped Y plane, with the one BT.601 formula srcache uses everywhere (`srcache_ingest::metrics`).
 fn y_plane(img: &Rgb8, crop: usize) -> (Vec<f64>, usize, usize) {
     let (w, h) = (img.w.saturating_sub(2 * crop), img.h.saturating_sub(2 * crop));
     let mut out = Vec::with_capacity(w * h);
     for y in crop..crop + h {
         for x in crop..crop + w {
             let p = &img.data[(y * img.w + x) * 3..(y * img.w + x) * 3 + 3];
-            let (r, g, b) = (p[0] as f64 / 255.0, p[1] as f64 / 255.0, p[2] as f64 / 255.0);
-            out.push(65.481 * r + 128.553 * g + 24.966 * b + 16.0);
+            out.push(srcache_ingest::metrics::rgb_to_y(p[0] as f64, p[1] as f64, p[2] as f64));
         }
     }
     (out, w, h)
@@ -30,64 +30,14 @@ fn y_plane(img: &Rgb8, crop: usize) -> (Vec<f64>, usize, usize) {
 pub fn psnr_y(a: &Rgb8, b: &Rgb8, crop: usize) -> f64 {
     let (ya, _, _) = y_plane(a, crop);
     let (yb, _, _) = y_plane(b, crop);
-    let mse = ya.iter().zip(&yb).map(|(p, q)| (p - q) * (p - q)).sum::<f64>() / ya.len().max(1) as f64;
-    if mse == 0.0 {
-        return f64::INFINITY;
-    }
-    10.0 * (255.0 * 255.0 / mse).log10()
-}
-
-fn gauss11() -> [f64; 11] {
-    let mut g = [0.0; 11];
-    for (i, v) in g.iter_mut().enumerate() {
-        let d = i as f64 - 5.0;
-        *v = (-(d * d) / (2.0 * 1.5 * 1.5)).exp();
-    }
-    let s: f64 = g.iter().sum();
-    g.map(|v| v / s)
-}
-
-/// Separable 'valid' Gaussian filter (output (w-10)×(h-10)), as BasicSR's filter2D(...)[5:-5, 5:-5].
-fn filt(src: &[f64], w: usize, h: usize) -> Vec<f64> {
-    let g = gauss11();
-    let ow = w - 10;
-    let oh = h - 10;
-    let mut tmp = vec![0.0; ow * h];
-    for y in 0..h {
-        for x in 0..ow {
-            tmp[y * ow + x] = (0..11).map(|k| g[k] * src[y * w + x + k]).sum::<f64>();
-        }
-    }
-    let mut out = vec![0.0; ow * oh];
-    for y in 0..oh {
-        for x in 0..ow {
-            out[y * ow + x] = (0..11).map(|k| g[k] * tmp[(y + k) * ow + x]).sum();
-        }
-    }
-    out
+    srcache_ingest::metrics::psnr_plane(&ya, &yb)
 }
 
 /// BasicSR calculate_ssim(crop_border=crop, test_y_channel=True).
 pub fn ssim_y(a: &Rgb8, b: &Rgb8, crop: usize) -> f64 {
     let (x, w, h) = y_plane(a, crop);
     let (y, _, _) = y_plane(b, crop);
-    if w < 11 || h < 11 {
-        return f64::NAN;
-    }
-    let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
-    let mul = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(a, b)| a * b).collect::<Vec<f64>>();
-    let mx = filt(&x, w, h);
-    let my = filt(&y, w, h);
-    let sxx = filt(&mul(&x, &x), w, h);
-    let syy = filt(&mul(&y, &y), w, h);
-    let sxy = filt(&mul(&x, &y), w, h);
-    let mut acc = 0.0;
-    for i in 0..mx.len() {
-        let (m1, m2) = (mx[i], my[i]);
-        let (s1, s2, s12) = (sxx[i] - m1 * m1, syy[i] - m2 * m2, sxy[i] - m1 * m2);
-        acc += ((2.0 * m1 * m2 + c1) * (2.0 * s12 + c2)) / ((m1 * m1 + m2 * m2 + c1) * (s1 + s2 + c2));
-    }
-    acc / mx.len() as f64
+    srcache_ingest::metrics::ssim_plane(&x, &y, w, h)
 }
 
 /// [3,H,W] float tensor in [0,1] -> HWC u8 (rounded, clamped), the form every reported metric is computed on.
