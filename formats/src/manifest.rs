@@ -55,6 +55,28 @@ fn rows_checksum(rows: &[ManifestRow]) -> Result<u64> {
     Ok(xxh3_64(&json))
 }
 
+impl ManifestRow {
+    /// The row that describes sample `i` of `shard` (file name `name`): what the manifest must say of it.
+    pub fn from_shard(shard: &Shard, i: usize, name: &str) -> Result<ManifestRow> {
+        let m = shard.meta(i)?;
+        let (bytes, raw_bytes) = shard.sample_bytes(i)?;
+        Ok(ManifestRow {
+            sample_id: m.id.clone(),
+            shard: name.to_string(),
+            index: i as u64,
+            source: m.source.clone(),
+            variant: m.variant.clone(),
+            x: m.patch.x,
+            y: m.patch.y,
+            w: m.patch.w,
+            h: m.patch.h,
+            psnr: m.psnr.clone(),
+            bytes,
+            raw_bytes,
+        })
+    }
+}
+
 impl Manifest {
     /// Rows for every sample of every `shard-*.srs` in `dir`, in shard then index order.
     pub fn from_shards(dir: &Path) -> Result<Vec<ManifestRow>> {
@@ -62,22 +84,8 @@ impl Manifest {
         for path in crate::dataset::list_shards(dir)? {
             let shard = Shard::open(&path)?;
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            for (i, m) in shard.metas().iter().enumerate() {
-                let (bytes, raw_bytes) = shard.sample_bytes(i)?;
-                rows.push(ManifestRow {
-                    sample_id: m.id.clone(),
-                    shard: name.clone(),
-                    index: i as u64,
-                    source: m.source.clone(),
-                    variant: m.variant.clone(),
-                    x: m.patch.x,
-                    y: m.patch.y,
-                    w: m.patch.w,
-                    h: m.patch.h,
-                    psnr: m.psnr.clone(),
-                    bytes,
-                    raw_bytes,
-                });
+            for i in 0..shard.metas().len() {
+                rows.push(ManifestRow::from_shard(&shard, i, &name)?);
             }
         }
         Ok(rows)

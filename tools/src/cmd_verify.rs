@@ -117,22 +117,7 @@ fn check_manifest(dir: &std::path::Path, shards: &[Shard], problems: &mut Vec<St
 }
 
 fn expected_row(shard: &Shard, i: usize, name: &str) -> Option<ManifestRow> {
-    let m = shard.meta(i).ok()?;
-    let (bytes, raw_bytes) = shard.sample_bytes(i).ok()?;
-    Some(ManifestRow {
-        sample_id: m.id.clone(),
-        shard: name.to_string(),
-        index: i as u64,
-        source: m.source.clone(),
-        variant: m.variant.clone(),
-        x: m.patch.x,
-        y: m.patch.y,
-        w: m.patch.w,
-        h: m.patch.h,
-        psnr: m.psnr.clone(),
-        bytes,
-        raw_bytes,
-    })
+    ManifestRow::from_shard(shard, i, name).ok()
 }
 
 fn row_diffs(row: &ManifestRow, expect: &Option<ManifestRow>) -> Vec<String> {
