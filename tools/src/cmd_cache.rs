@@ -19,11 +19,13 @@ pub struct CacheArgs {
     /// Paired LR directory (default: bicubic downscale of HR).
     #[arg(long)]
     pub lr: Option<PathBuf>,
+    /// Upscaling factor of the experts (default 4).
     #[arg(long)]
     pub scale: Option<u32>,
     /// LR patch size.
     #[arg(long)]
     pub patch: Option<u32>,
+    /// Patch stride in LR pixels (default: the patch size, i.e. no overlap).
     #[arg(long)]
     pub stride: Option<u32>,
     /// Expert: NAME=builtin:bicubic|lanczos3|sharp_bicubic or NAME=path/to/expert.pt (repeatable).
@@ -38,11 +40,13 @@ pub struct CacheArgs {
     /// Pin each expert to its own device (NAME@cuda:1 in --expert); default is data-parallel.
     #[arg(long)]
     pub expert_split: bool,
+    /// Patches per forward pass on each device (default 16; halved automatically on CUDA out-of-memory).
     #[arg(long)]
     pub batch: Option<usize>,
     /// fp16 autocast on CUDA.
     #[arg(long)]
     pub fp16: bool,
+    /// Close a shard once it holds this many MiB of payload (default 2048).
     #[arg(long)]
     pub shard_mb: Option<u64>,
     /// Stop after N samples.

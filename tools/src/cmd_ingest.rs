@@ -25,10 +25,13 @@ pub enum IngestCommand {
 
 #[derive(ClapArgs)]
 pub struct LrArgs {
+    /// HR image folder (searched recursively).
     #[arg(long)]
     pub hr: PathBuf,
+    /// Downscaling factor: each HR image is cropped to a multiple of it, then resized by 1/scale.
     #[arg(long, default_value_t = 4)]
     pub scale: u32,
+    /// Output folder for the LR PNGs (DIV2K names: 0001.png -> 0001x4.png).
     #[arg(long)]
     pub out: PathBuf,
     /// Fail on the first bad file instead of skipping it.
