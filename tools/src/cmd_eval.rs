@@ -46,6 +46,8 @@ pub fn eval_dataset(stack: &SrStack, dir: &Path, bar: &ProgressBar) -> Result<Ve
     let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let mut sums: Vec<(String, f64, f64)> = Vec::new();
     let mut n = 0;
+    // The scan already knows how many images this folder has: grow the bar here instead of listing twice.
+    bar.inc_length(report.images.len() as u64);
     for entry in &report.images {
         let img = match prepare_image(entry, stack.scale) {
             Ok(i) => i,
@@ -93,7 +95,6 @@ pub fn run(a: Args) -> Result<()> {
     let mut rows = Vec::new();
     for d in &a.datasets {
         bar.set_message(d.display().to_string());
-        bar.set_length(bar.length().unwrap_or(0) + srcache_ingest::scan::list_images(&if d.join("HR").is_dir() { d.join("HR") } else { d.clone() }).map(|v| v.len() as u64).unwrap_or(0));
         rows.extend(eval_dataset(&stack, d, &bar)?);
     }
     bar.finish_and_clear();
