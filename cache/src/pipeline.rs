@@ -462,18 +462,6 @@ fn joiner(rx: Receiver<GroupOut>, tx: Sender<SampleWork>, need: usize, n_experts
     Ok(())
 }
 
-fn hwc_to_chw(img: &RgbImage) -> Vec<u8> {
-    let (w, h) = img.dimensions();
-    let plane = (w * h) as usize;
-    let mut out = vec![0u8; plane * 3];
-    for (p, px) in img.as_raw().chunks_exact(3).enumerate() {
-        out[p] = px[0];
-        out[plane + p] = px[1];
-        out[2 * plane + p] = px[2];
-    }
-    out
-}
-
 fn compress(layout: &Layout, w: SampleWork) -> Result<Encoded> {
     let s = &w.batch.samples[w.index];
     let mut psnr = BTreeMap::new();
@@ -484,8 +472,8 @@ fn compress(layout: &Layout, w: SampleWork) -> Result<Encoded> {
     }
     let meta = SampleMeta { id: s.id.clone(), source: s.source.clone(), patch: s.patch, variant: s.variant.clone(), psnr };
     let schema: &Schema = &layout.schema;
-    let lr = hwc_to_chw(&s.lr);
-    let hr = hwc_to_chw(&s.hr);
+    let lr = srcache_ingest::shards::to_chw(&s.lr);
+    let hr = srcache_ingest::shards::to_chw(&s.hr);
     let mut tensors = Vec::with_capacity(schema.tensors.len());
     for spec in &schema.tensors {
         let raw: &[u8] = match layout.slot(&spec.name) {

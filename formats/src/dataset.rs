@@ -4,6 +4,7 @@
 //! renames on finish), and the producer's sample order is deterministic. So resuming = delete `*.tmp`,
 //! count the samples in complete shards, have the producer skip that many, and continue numbering shards.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -81,6 +82,7 @@ pub struct DatasetWriter {
     next_shard: u32,
     samples: u64,
     closed: Vec<ShardSummary>,
+    metadata: BTreeMap<String, String>,
 }
 
 impl DatasetWriter {
@@ -120,6 +122,7 @@ impl DatasetWriter {
             next_shard: resume.shards,
             samples: resume.samples,
             closed: Vec::new(),
+            metadata: BTreeMap::new(),
         };
         Ok((w, resume))
     }
@@ -161,6 +164,11 @@ impl DatasetWriter {
         self.write_encoded(meta, enc)
     }
 
+    /// Extra key-value metadata for the manifest `finish` writes (e.g. [`crate::SKIPPED_KEY`]).
+    pub fn set_manifest_metadata(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.metadata.insert(key.into(), value.into());
+    }
+
     fn close_current(&mut self) -> Result<()> {
         if let Some(w) = self.current.take() {
             self.closed.push(w.finish()?);
@@ -174,7 +182,7 @@ impl DatasetWriter {
         self.close_current()?;
         let rows: Vec<ManifestRow> = Manifest::from_shards(&self.dir)?;
         let manifest = Manifest::path_in(&self.dir);
-        Manifest::write(&manifest, &rows)?;
+        Manifest::write_with_metadata(&manifest, &rows, &self.metadata)?;
         let shards = list_shards(&self.dir)?;
         let mut bytes = 0;
         for p in &shards {

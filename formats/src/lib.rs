@@ -23,7 +23,7 @@ mod shard;
 pub use codec::{decode_payload, encode, EncodedTensor};
 pub use dataset::{shard_file_name, Dataset, DatasetOptions, DatasetSummary, DatasetWriter, Resume};
 pub use error::{FormatError, Problem, Result};
-pub use manifest::{Manifest, ManifestRow, MANIFEST_FILE};
+pub use manifest::{Manifest, ManifestRow, MANIFEST_FILE, SKIPPED_KEY};
 pub use shard::{Shard, ShardSummary, ShardWriter, TensorView, FORMAT_VERSION, MAGIC, MAGIC_END};
 
 /// Element type of a tensor as stored (little-endian). bf16 is carried as its u16 bit pattern.

@@ -26,6 +26,9 @@ pub const MANIFEST_FILE: &str = "manifest.parquet";
 const ROWS_CHECKSUM_KEY: &str = "srcache.rows_xxh3";
 const VERSION_KEY: &str = "srcache.manifest_version";
 const PSNR_PREFIX: &str = "psnr/";
+/// Parquet key-value metadata: JSON list of `{path, reason}` for input files the producer skipped (unreadable,
+/// too small, unpaired…), so a dataset says what it is missing, not only the log of the run that made it.
+pub const SKIPPED_KEY: &str = "srcache.skipped";
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ManifestRow {
@@ -93,6 +96,12 @@ impl Manifest {
 
     /// Writes `rows` to `path` atomically (temp file, fsync, rename, fsync dir).
     pub fn write(path: &Path, rows: &[ManifestRow]) -> Result<()> {
+        Self::write_with_metadata(path, rows, &BTreeMap::new())
+    }
+
+    /// [`Manifest::write`] plus extra Parquet key-value metadata (e.g. [`SKIPPED_KEY`]); `srcache.` keys that
+    /// the manifest itself owns (version, checksum) cannot be overridden.
+    pub fn write_with_metadata(path: &Path, rows: &[ManifestRow], extra: &BTreeMap<String, String>) -> Result<()> {
         let merr = |what: String| FormatError::Manifest { path: path.to_path_buf(), what };
         let experts: BTreeSet<&str> = rows.iter().flat_map(|r| r.psnr.keys().map(String::as_str)).collect();
         let mut fields = vec![
@@ -131,12 +140,16 @@ impl Manifest {
         cols.push(Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.raw_bytes))));
         let schema = Arc::new(ArrowSchema::new(fields));
         let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| merr(format!("building columns: {e}")))?;
+        let mut kv = vec![
+            KeyValue::new(VERSION_KEY.to_string(), "1".to_string()),
+            KeyValue::new(ROWS_CHECKSUM_KEY.to_string(), format!("{:016x}", rows_checksum(rows)?)),
+        ];
+        kv.extend(
+            extra.iter().filter(|(k, _)| *k != VERSION_KEY && *k != ROWS_CHECKSUM_KEY).map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        );
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| merr(e.to_string()))?))
-            .set_key_value_metadata(Some(vec![
-                KeyValue::new(VERSION_KEY.to_string(), "1".to_string()),
-                KeyValue::new(ROWS_CHECKSUM_KEY.to_string(), format!("{:016x}", rows_checksum(rows)?)),
-            ]))
+            .set_key_value_metadata(Some(kv))
             .build();
         let tmp = tmp_path(path);
         let file = File::create(&tmp).map_err(|e| FormatError::io(&tmp, "creating manifest", e))?;
@@ -179,6 +192,18 @@ impl Manifest {
             return Err(merr(format!("row checksum mismatch: stored {stored}, computed {actual} (corrupt manifest)")));
         }
         Ok(rows)
+    }
+
+    /// The manifest's key-value metadata (version, checksum and any extra keys such as [`SKIPPED_KEY`]).
+    pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+        let merr = |what: String| FormatError::Manifest { path: path.to_path_buf(), what };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let file = File::open(path).map_err(|e| FormatError::io(path, "opening manifest", e))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| merr(format!("not a readable Parquet file: {e}")))?;
+            let kv = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+            Ok(kv.into_iter().filter_map(|e| Some((e.key, e.value?))).collect())
+        }))
+        .unwrap_or_else(|_| Err(merr("corrupt Parquet footer (parquet reader panicked)".into())))
     }
 
     pub fn path_in(dir: &Path) -> PathBuf {

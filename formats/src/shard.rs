@@ -6,6 +6,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::codec::{self, EncodedTensor};
@@ -251,14 +253,19 @@ impl Backing {
     }
 }
 
-/// An open, validated shard. Header, schema, index and metadata are checked on open; payload checksums
-/// are checked on every tensor access.
+/// An open, validated shard. Header, schema, index and metadata are checked on open; a payload's checksum is
+/// checked the first time it is read through this `Shard` ([`TensorView::raw`], [`TensorView::decode_into`]),
+/// and [`TensorView::check`] / [`Shard::verify`] always re-hash. Once-per-payload is what lets a loader read a
+/// cached epoch at memory speed: hashing on every read costs as much as the copy itself, while the file is
+/// immutable once finished, so a second hash of the same mapped bytes could only find what the first did.
 pub struct Shard {
     path: PathBuf,
     data: Backing,
     schema: Schema,
     entries: Vec<Entry>,
     metas: Vec<SampleMeta>,
+    /// One bit per entry: checksum already verified.
+    verified: Vec<AtomicU64>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -390,7 +397,8 @@ impl Shard {
             }
             entries.push(e);
         }
-        Ok(Shard { path, data, schema, entries, metas })
+        let verified = (0..entries.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        Ok(Shard { path, data, schema, entries, metas, verified })
     }
 
     pub fn path(&self) -> &Path {
@@ -458,7 +466,7 @@ impl Shard {
         let payload = self.data.bytes().get(e.offset as usize..(e.offset + e.len) as usize).ok_or_else(|| {
             FormatError::CorruptEntry { path: self.path.clone(), sample: i, tensor: spec.name.clone(), what: "payload out of bounds".into() }
         })?;
-        Ok(TensorView { shard: self, sample: i, spec, payload, checksum: e.checksum })
+        Ok(TensorView { shard: self, sample: i, entry: i * n + t, spec, payload, checksum: e.checksum })
     }
 
     /// Checks every payload checksum and that every payload decodes; one Problem per fault.
@@ -494,6 +502,8 @@ impl Shard {
 pub struct TensorView<'a> {
     shard: &'a Shard,
     sample: usize,
+    /// Index into the shard's entries (for the verified bitmap).
+    entry: usize,
     spec: &'a TensorSpec,
     payload: &'a [u8],
     checksum: u64,
@@ -533,12 +543,26 @@ impl<'a> TensorView<'a> {
         Ok(())
     }
 
-    /// Zero-copy bytes (64-byte aligned) iff the codec is Raw; checksum checked.
+    /// [`TensorView::check`] unless this payload already passed it through the same `Shard`.
+    fn check_once(&self) -> Result<()> {
+        let (word, bit) = (self.entry / 64, 1u64 << (self.entry % 64));
+        let flags = self.shard.verified.get(word);
+        if flags.is_some_and(|f| f.load(Ordering::Relaxed) & bit != 0) {
+            return Ok(());
+        }
+        self.check()?;
+        if let Some(f) = flags {
+            f.fetch_or(bit, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Zero-copy bytes (64-byte aligned) iff the codec is Raw; checksum checked (once per payload).
     pub fn raw(&self) -> Result<Option<&'a [u8]>> {
         if self.spec.codec != Codec::Raw {
             return Ok(None);
         }
-        self.check()?;
+        self.check_once()?;
         Ok(Some(self.payload))
     }
 
@@ -552,9 +576,10 @@ impl<'a> TensorView<'a> {
         })
     }
 
-    /// Decodes into `out` (exactly `raw_len()` bytes, little-endian logical dtype); checksum checked first.
+    /// Decodes into `out` (exactly `raw_len()` bytes, little-endian logical dtype); checksum checked first
+    /// (once per payload).
     pub fn decode_into(&self, out: &mut [u8]) -> Result<()> {
-        self.check()?;
+        self.check_once()?;
         self.decode_unchecked(out)
     }
 

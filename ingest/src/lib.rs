@@ -10,11 +10,13 @@ pub mod metrics;
 pub mod patch;
 pub mod resize;
 pub mod scan;
+pub mod shards;
 mod stream;
 
 pub use degrade::Variant;
 pub use error::{IngestError, Result, Skipped};
 pub use patch::PatchConfig;
+pub use shards::{patch_schema, write_patch_dataset, PatchDatasetSummary, PatchShardOptions};
 pub use scan::{decode_all, scan, ImageEntry, ScanConfig, ScanReport};
 /// Re-exported so tools can size thread pools (e.g. the 1-core benchmark) with the same rayon.
 pub use rayon;

@@ -86,8 +86,12 @@ fn cache_config(train: &Path, out: &Path, scale: u32) -> CacheConfig {
     }
 }
 
-fn train_config(steps: u64, scale: u32) -> TrainConfig {
+fn train_config(steps: u64, scale: u32, bench: &Path) -> TrainConfig {
     let mut cfg = TrainConfig { steps, device: "cpu".into(), val_every: steps.max(1), ckpt_every: steps.max(1), log_every: 10, ..Default::default() };
+    // Validate on the held-out photos at full size too: that is the number the final table reports.
+    cfg.val_dirs = vec![bench.to_path_buf()];
+    // Same tiles as step 4's evaluation, so val.json and the final table agree.
+    cfg.val_tile = Tiling::default().tile as u32;
     cfg.model.scale = scale;
     cfg.val_fraction = 0.15;
     cfg.optim.lr = 1e-3;
@@ -148,7 +152,7 @@ pub fn run(a: Args) -> Result<()> {
     crate::cmd_cache::print_summary(&summary);
 
     step(3, &format!("train: fusion network, {} steps on CPU", a.steps));
-    let tcfg = train_config(a.steps, a.scale);
+    let tcfg = train_config(a.steps, a.scale, &bench);
     let run_dir = a.out.join("run");
     if run_dir.exists() {
         std::fs::remove_dir_all(&run_dir)?;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use srcache_formats::{encode, Codec, DType, DatasetOptions, DatasetWriter, SampleMeta, Schema, TensorSpec};
-use srcache_ingest::{IngestConfig, PatchConfig, PatchSample, ScanConfig};
+use srcache_formats::Codec;
+use srcache_ingest::{IngestConfig, PatchConfig, PatchShardOptions, ScanConfig};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -64,7 +64,12 @@ pub struct PatchesArgs {
     /// Decode/LR workers (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
-    #[arg(long, default_value_t = 3)]
+    /// How `lr`/`hr` are stored: zstd (about half the size of raw on photos) or raw (fastest to write and
+    /// read, zero-copy from the map).
+    #[arg(long, value_enum, default_value_t = PatchCodec::Zstd)]
+    pub codec: PatchCodec,
+    /// zstd level (1 is fast; 3 saves a few percent more for about 3x the CPU; negative = faster still).
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     pub zstd_level: i32,
     #[arg(long, default_value_t = 2048)]
     pub shard_mib: u64,
@@ -72,6 +77,12 @@ pub struct PatchesArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub strict: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PatchCodec {
+    Raw,
+    Zstd,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -112,35 +123,6 @@ fn report_skipped(skipped: &[srcache_ingest::Skipped]) {
     }
 }
 
-/// The schema of an ingest-only dataset.
-pub fn patch_schema(scale: u32, patch: u32, zstd_level: i32) -> Schema {
-    let (p, hp) = (patch as usize, (patch * scale) as usize);
-    let codec = Codec::Zstd { level: zstd_level };
-    let mut s = Schema::new(vec![
-        TensorSpec::new("lr", DType::U8, &[3, p, p], codec),
-        TensorSpec::new("hr", DType::U8, &[3, hp, hp], codec),
-    ]);
-    s.attrs.insert("scale".into(), scale.to_string());
-    s.attrs.insert("patch".into(), patch.to_string());
-    s.attrs.insert("experts".into(), String::new());
-    s
-}
-
-/// HWC RGB8 to CHW bytes.
-pub fn to_chw(img: &image::RgbImage) -> Vec<u8> {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let raw = img.as_raw();
-    let mut out = vec![0u8; 3 * w * h];
-    let (r, rest) = out.split_at_mut(w * h);
-    let (g, b) = rest.split_at_mut(w * h);
-    for (i, px) in raw.chunks_exact(3).enumerate() {
-        r[i] = px[0];
-        g[i] = px[1];
-        b[i] = px[2];
-    }
-    out
-}
-
 /// Runs the patch ingest; returns (samples written, images seen). Used by `bench ingest` too.
 pub fn run_patches(a: PatchesArgs) -> Result<(u64, usize)> {
     let cfg = IngestConfig {
@@ -152,86 +134,33 @@ pub fn run_patches(a: PatchesArgs) -> Result<(u64, usize)> {
         strict: a.strict,
         ..IngestConfig::default()
     };
-    let schema = patch_schema(a.scale, a.patch, a.zstd_level);
-    let opts = DatasetOptions { target_shard_bytes: a.shard_mib << 20 };
-    let (mut writer, resume) = DatasetWriter::create_or_resume(&a.out, schema.clone(), opts)
-        .with_context(|| format!("opening dataset {}", a.out.display()))?;
-    let mut stream = srcache_ingest::stream(&cfg).with_context(|| format!("scanning {}", a.hr.display()))?;
-    let images = stream.image_count();
-    let pb = bar(images as u64, "images");
-    let mut seen = 0u64;
-    let mut written = 0u64;
-    // Encoding (zstd) is the CPU-heavy part of writing: done in parallel per chunk of samples, written in order.
-    let mut chunk: Vec<PatchSample> = Vec::with_capacity(256);
-    let flush = |chunk: &mut Vec<PatchSample>, writer: &mut DatasetWriter| -> Result<u64> {
-        let encoded = encode_parallel(&schema, chunk);
-        let n = chunk.len() as u64;
-        chunk.clear();
-        for e in encoded {
-            let (meta, t) = e?;
-            writer.write_encoded(&meta, t)?;
-        }
-        Ok(n)
+    let codec = match a.codec {
+        PatchCodec::Raw => Codec::Raw,
+        PatchCodec::Zstd => Codec::Zstd { level: a.zstd_level },
     };
-    while let Some(item) = stream.next() {
-        let sample = item?;
-        seen += 1;
-        pb.set_position(stream.images_done() as u64);
-        if seen <= resume.samples {
-            continue;
-        }
-        chunk.push(sample);
-        if chunk.len() >= 256 {
-            written += flush(&mut chunk, &mut writer)?;
-        }
-    }
-    written += flush(&mut chunk, &mut writer)?;
-    pb.set_position(images as u64);
+    let opts = PatchShardOptions { codec, target_shard_bytes: a.shard_mib << 20 };
+    let pb = bar(0, "images");
+    let progress = |done: usize, total: usize| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    };
+    let s = srcache_ingest::write_patch_dataset(&cfg, &a.out, &opts, &progress)
+        .with_context(|| format!("ingesting {} into {}", a.hr.display(), a.out.display()))?;
     pb.finish();
-    let summary = writer.finish()?;
+    let d = &s.dataset;
     println!(
-        "{} samples ({} new) from {images} images in {} shard(s), {:.1} MiB ({:.2}x compression) -> {}",
-        summary.samples,
-        written,
-        summary.shards,
-        summary.bytes as f64 / (1 << 20) as f64,
-        summary.raw_bytes as f64 / summary.bytes.max(1) as f64,
+        "{} samples ({} new) from {} images in {} shard(s), {:.1} MiB ({:.2}x compression, {codec}) -> {}",
+        d.samples,
+        s.written,
+        s.images,
+        d.shards,
+        d.bytes as f64 / (1 << 20) as f64,
+        d.raw_bytes as f64 / d.bytes.max(1) as f64,
         a.out.display()
     );
-    report_skipped(&stream.skipped());
-    for w in stream.warnings() {
+    report_skipped(&s.skipped);
+    for w in &s.warnings {
         eprintln!("warning: {w}");
     }
-    Ok((written, images))
-}
-
-type Encoded = (SampleMeta, Vec<srcache_formats::EncodedTensor>);
-
-fn encode_one(schema: &Schema, s: &PatchSample) -> Result<Encoded> {
-    let meta = SampleMeta {
-        id: s.id.clone(),
-        source: s.source.clone(),
-        patch: s.patch,
-        variant: s.variant.clone(),
-        psnr: Default::default(),
-    };
-    let lr = encode(&schema.tensors[0], &to_chw(&s.lr))?;
-    let hr = encode(&schema.tensors[1], &to_chw(&s.hr))?;
-    Ok((meta, vec![lr, hr]))
-}
-
-/// zstd is the CPU-heavy part of writing: encode a chunk on all cores, keep the order.
-fn encode_parallel(schema: &Schema, chunk: &[PatchSample]) -> Vec<Result<Encoded>> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let per = chunk.len().div_ceil(threads).max(1);
-    std::thread::scope(|sc| {
-        let handles: Vec<_> = chunk
-            .chunks(per)
-            .map(|part| sc.spawn(move || part.iter().map(|s| encode_one(schema, s)).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(anyhow::anyhow!("encoder thread panicked"))]))
-            .collect()
-    })
+    Ok((s.written, s.images))
 }

@@ -17,7 +17,7 @@ pub struct TrainArgs {
     /// Cached dataset directory (shards + manifest.parquet).
     #[arg(long)]
     pub data: PathBuf,
-    /// Run directory: checkpoints, metrics.csv, curves.png, val.json, fusion.pt.
+    /// Run directory: checkpoints, metrics.csv, metrics.parquet, curves.png, val.json, val.log, fusion.pt.
     #[arg(long)]
     pub out: PathBuf,
     /// Continue from the run directory's latest checkpoint (same loss curve as an uninterrupted run).
@@ -60,11 +60,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     .with_context(|| format!("training on {}", a.data.display()))?;
     pb.finish();
     println!("run {}: {} steps, final loss {:.5}, {} params, {:.1} samples/s", summary.run_dir.display(), summary.steps, summary.final_loss, summary.params, summary.samples_per_s);
-    if let Some(v) = &summary.val {
+    // Each table ends with the fused − best-expert margin.
+    for v in summary.val.iter().chain(&summary.val_full) {
         print!("{v}");
-        if let Some(best) = v.best_expert() {
-            println!("fused - best expert ({}): {:+.3} dB", best.name, v.fused().psnr - best.psnr);
-        }
     }
     if let Some(p) = &summary.exported {
         println!("TorchScript fusion model: {}", p.display());

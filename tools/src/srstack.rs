@@ -1,15 +1,17 @@
 //! Experts (+ an optional trained fusion model) on full images of any size: the engine behind `eval`,
-//! `infer` and the demo's final table. Experts run tiled with overlap blending; the fusion model gets exactly
-//! the inputs it was trained on (torch-bicubic-upsampled LR, every expert's SR in name order, features).
+//! `infer` and the demo's final table. What the experts produce and how it is fed to the fusion model lives in
+//! `srcache_trainer::fullimage`, shared with the trainer's full-image validation, so both report one number.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use srcache_cache::{Builtin, CacheConfig, Expert, ExpertSource};
-use tch::{CModule, Device, Kind, Tensor};
+use srcache_trainer::fullimage;
+pub use srcache_trainer::fullimage::tensor_to_image;
+use tch::{CModule, Device, Tensor};
 
-use crate::tiling::{run_tiled, Tiling};
+use crate::tiling::Tiling;
 
 /// Which experts (and fusion model) to run, where, and in what tiles: shared by `eval` and `infer`.
 #[derive(clap::Args, Debug)]
@@ -51,10 +53,7 @@ impl StackArgs {
 /// Parses `name=builtin:lanczos3` or `name=path/to/expert.pt`.
 pub fn parse_expert(spec: &str) -> Result<(String, ExpertSource)> {
     let (name, src) = spec.split_once('=').with_context(|| format!("expert {spec:?}: expected NAME=builtin:KIND or NAME=FILE.pt"))?;
-    let source = match src.strip_prefix("builtin:") {
-        Some(kind) => ExpertSource::Builtin(kind.parse::<Builtin>().map_err(|e| anyhow::anyhow!("{e}"))?),
-        None => ExpertSource::TorchScript(PathBuf::from(src)),
-    };
+    let source = fullimage::parse_source(src).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((name.to_string(), source))
 }
 
@@ -80,7 +79,8 @@ pub fn expert_list(specs: &[String], cache_dir: Option<&Path>) -> Result<Vec<(St
 pub struct Fusion {
     module: CModule,
     experts: Vec<String>,
-    feats: bool,
+    /// Per expert: whether the model takes its features.
+    feats: Vec<bool>,
 }
 
 impl Fusion {
@@ -92,8 +92,7 @@ impl Fusion {
             toml::from_str(&text).with_context(|| format!("{}: not a training config", cfg_path.display()))?;
         let pt = run.join("fusion.pt");
         let module = CModule::load_on_device(&pt, device).with_context(|| format!("{}: cannot load TorchScript", pt.display()))?;
-        let feats = cfg.model.use_feats && cfg.model.feat_channels.iter().any(|&c| c > 0);
-        Ok(Fusion { module, experts: cfg.model.experts, feats })
+        Ok(Fusion { module, feats: fullimage::wanted_feats(&cfg.model), experts: cfg.model.experts })
     }
 }
 
@@ -113,20 +112,7 @@ pub struct SrStack {
 }
 
 pub fn image_to_tensor(img: &RgbImage, device: Device) -> Result<Tensor> {
-    let (w, h) = img.dimensions();
-    let t = Tensor::from_slice(img.as_raw()).f_view([h as i64, w as i64, 3])?.f_permute([2, 0, 1])?;
-    Ok(t.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?.f_unsqueeze(0)?.f_to_device(device)?)
-}
-
-/// [1,3,H,W] in [0,1] → RGB8, rounded like BasicSR's tensor2img.
-pub fn tensor_to_image(t: &Tensor) -> Result<RgbImage> {
-    let t = t.f_squeeze_dim(0)?.f_to_device(Device::Cpu)?.f_clamp(0.0, 1.0)?.f_mul_scalar(255.0)?.f_round()?;
-    let t = t.f_to_kind(Kind::Uint8)?.f_permute([1, 2, 0])?.f_contiguous()?;
-    let (h, w) = (t.size()[0] as u32, t.size()[1] as u32);
-    let mut buf = vec![0u8; (h * w * 3) as usize];
-    let n = buf.len();
-    t.f_copy_data_u8(&mut buf, n)?;
-    RgbImage::from_raw(w, h, buf).context("tensor has the wrong size for an RGB image")
+    Ok(fullimage::image_to_tensor(img, device)?)
 }
 
 impl SrStack {
@@ -147,31 +133,19 @@ impl SrStack {
 
     pub fn run(&self, lr: &RgbImage) -> Result<Outputs> {
         let _g = tch::no_grad_guard();
-        let s = self.scale as i64;
-        let x = image_to_tensor(lr, self.device)?;
+        let x = image_to_tensor(lr, Device::Cpu)?;
         let bicubic = srcache_ingest::resize::bicubic_up(lr, self.scale);
-        let mut srs = Vec::new();
-        let mut feats = Vec::new();
-        let mut out = Vec::new();
-        for e in &self.experts {
-            let sr = run_tiled(&x, s, self.tiling, |t| e.forward(t).map(|(sr, _)| sr).map_err(|err| tch::TchError::Torch(err.to_string())))?;
-            let sr = sr.f_clamp(0.0, 1.0)?;
-            if self.fusion.as_ref().is_some_and(|f| f.feats) && e.has_feat() {
-                // Features are small (LR resolution): one whole-image pass gives them without seams.
-                if let (_, Some(f)) = e.forward(&x).map_err(|err| anyhow::anyhow!("{}: {err}", e.name()))? {
-                    feats.push(f.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?);
-                }
-            }
-            out.push((e.name().to_string(), tensor_to_image(&sr)?));
-            srs.push(sr);
-        }
+        let want = self.fusion.as_ref().map(|f| f.feats.clone()).unwrap_or_default();
+        let outs = fullimage::run_experts(&self.experts, &x, self.tiling, &want)?;
+        let experts = self.experts.iter().zip(&outs.srs).map(|(e, sr)| Ok((e.name().to_string(), tensor_to_image(sr)?))).collect::<Result<Vec<_>>>()?;
         let fused = match &self.fusion {
             None => None,
             Some(f) => {
-                let lr_up = srcache_trainer::ops::upsample_bicubic(&x.f_to_device(Device::Cpu)?, self.scale)?;
-                let mut inputs: Vec<tch::IValue> = vec![tch::IValue::Tensor(lr_up)];
-                inputs.extend(srs.iter().map(|t| tch::IValue::Tensor(t.shallow_clone())));
-                inputs.extend(feats.into_iter().map(tch::IValue::Tensor));
+                let to = |t: &Tensor| t.f_to_device(self.device);
+                let mut inputs: Vec<tch::IValue> = vec![tch::IValue::Tensor(to(&fullimage::lr_upsampled(&x, self.scale)?)?)];
+                for t in outs.srs.iter().chain(&outs.feats) {
+                    inputs.push(tch::IValue::Tensor(to(t)?));
+                }
                 let y = match f.module.forward_is(&inputs)? {
                     tch::IValue::Tensor(t) => t,
                     other => bail!("fusion model returned {other:?}, expected a tensor"),
@@ -179,6 +153,6 @@ impl SrStack {
                 Some(tensor_to_image(&y)?)
             }
         };
-        Ok(Outputs { bicubic, experts: out, fused })
+        Ok(Outputs { bicubic, experts, fused })
     }
 }

@@ -118,6 +118,9 @@ pub struct LoaderConfig {
     /// Experts to load (`sr/<name>`, `feat/<name>`); empty = every `sr/*` in the schema, sorted.
     pub experts: Vec<String>,
     pub load_feats: bool,
+    /// Deliver u8/f16/bf16 tensors as stored and convert on the device (`Batch::to_device`): half the bytes
+    /// to assemble and transfer. Off = the workers convert to f32 on the CPU.
+    pub stored_dtype: bool,
 }
 
 impl Default for LoaderConfig {
@@ -132,6 +135,7 @@ impl Default for LoaderConfig {
             seed: 0,
             experts: Vec::new(),
             load_feats: true,
+            stored_dtype: true,
         }
     }
 }
@@ -182,8 +186,17 @@ pub struct TrainConfig {
     /// Fraction of source images held out for validation (split by `source`, never by patch).
     pub val_fraction: f64,
     pub val_max_samples: usize,
-    /// Benchmark folders (`HR/` + `LR_bicubic/X<scale>/`) evaluated on full images at validation time.
+    /// Benchmark folders (`HR/` + `LR_bicubic/X<scale>/`; LR made with MATLAB bicubic when that folder is
+    /// absent) evaluated on full images at validation time: the frozen experts run once at start, then each
+    /// validation runs only the fusion model. Needs the experts' sources in the dataset schema.
     pub val_dirs: Vec<PathBuf>,
+    /// At most this many images per `val_dirs` folder, first by name (0 = all): full images are slow on CPU.
+    pub val_max_images: usize,
+    /// LR tile side for running the experts on full validation images (0 = the cache's patch size, which
+    /// every expert is known to accept, traced transformers included).
+    pub val_tile: u32,
+    /// Overlap of those tiles in LR pixels (blended linearly, as `srcache eval` does).
+    pub val_tile_overlap: u32,
     /// fp16 autocast + dynamic loss scaling; only ever active on CUDA.
     pub amp: bool,
     /// "cpu", "cuda", "cuda:N" or "auto".
@@ -209,6 +222,9 @@ impl Default for TrainConfig {
             val_fraction: 0.1,
             val_max_samples: 64,
             val_dirs: Vec::new(),
+            val_max_images: 0,
+            val_tile: 0,
+            val_tile_overlap: 16,
             amp: true,
             device: "auto".to_string(),
             threads: None,

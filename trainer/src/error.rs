@@ -21,6 +21,10 @@ pub enum TrainerError {
     Image { path: PathBuf, why: String },
     #[error("loader worker stopped: {why}")]
     Loader { why: String },
+    #[error("expert {name}: {source}")]
+    Expert { name: String, #[source] source: srcache_cache::CacheError },
+    #[error("metrics file {path}: {why}")]
+    Metrics { path: PathBuf, why: String },
 }
 
 pub type Result<T, E = TrainerError> = std::result::Result<T, E>;

@@ -9,12 +9,15 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod fullimage;
 pub mod loader;
 pub mod losses;
 pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod plot;
+pub mod tiling;
 pub mod train;
 pub mod validate;
 

@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use tch::{Device, Kind, Tensor};
 
-/// One training batch, f32 NCHW in [0,1] (features keep their cached value range).
+/// One training batch, NCHW. With `LoaderConfig::stored_dtype` (the default) every tensor keeps the dtype the
+/// cache stores (u8 lr/hr, f16 sr/feat): half the bytes to assemble and to copy to the GPU, where
+/// [`Batch::to_device`] makes them f32 (u8 scaled to [0,1]; features keep their cached value range).
+/// Otherwise the loader converts on the CPU and every tensor is already f32.
 #[derive(Debug)]
 pub struct Batch {
     pub lr: Tensor,
@@ -30,13 +33,20 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The batch on `device` as f32 (u8 tensors scaled by 1/255), ready for the model.
     pub fn to_device(&self, device: Device) -> Result<Batch> {
         let mv = |t: &Tensor| -> Result<Tensor> {
-            if device == Device::Cpu {
-                return Ok(t.shallow_clone());
+            let t = if device == Device::Cpu {
+                t.shallow_clone()
+            } else {
+                // Pinned host memory lets the copy overlap with compute; the copy moves the stored dtype.
+                t.f_pin_memory(device)?.f_to_device_(device, t.kind(), true, false).ctx("batch to device")?
+            };
+            match t.kind() {
+                Kind::Float => Ok(t),
+                Kind::Uint8 => t.f_to_kind(Kind::Float)?.f_mul_scalar(1.0 / 255.0).ctx("u8 to f32"),
+                _ => t.f_to_kind(Kind::Float).ctx("to f32"),
             }
-            // Pinned host memory lets the copy overlap with compute.
-            t.f_pin_memory(device)?.f_to_device_(device, Kind::Float, true, false).ctx("batch to device")
         };
         Ok(Batch {
             lr: mv(&self.lr)?,
@@ -47,8 +57,9 @@ impl Batch {
         })
     }
 
+    /// Bytes held by the batch's tensors, in their delivered dtypes.
     pub fn bytes(&self) -> u64 {
-        let n = |t: &Tensor| t.numel() as u64 * 4;
+        let n = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
         n(&self.lr) + n(&self.hr) + self.sr.iter().map(n).sum::<u64>() + self.feat.iter().map(n).sum::<u64>()
     }
 }
@@ -69,6 +80,8 @@ struct Field {
     num: usize,
     den: usize,
     norm: f32,
+    /// What the batch tensor holds: the stored dtype, or f32 when converting on the CPU.
+    out: Kind,
 }
 
 /// Which tensors to read and how to crop them; shared read-only by the workers.
@@ -132,7 +145,13 @@ impl Loader {
                 return Err(bad(format!("{name}: expected CHW, got {:?}", spec.shape)));
             }
             let norm = if spec.dtype == DType::U8 { 1.0 / 255.0 } else { 1.0 };
-            Ok(Field { pos, dtype: spec.dtype, shape: [spec.shape[0], spec.shape[1], spec.shape[2]], num: spec.shape[1], den: h.max(1), norm })
+            let out = match spec.dtype {
+                DType::U8 if cfg.stored_dtype => Kind::Uint8,
+                DType::F16 if cfg.stored_dtype => Kind::Half,
+                DType::BF16 if cfg.stored_dtype => Kind::BFloat16,
+                _ => Kind::Float,
+            };
+            Ok(Field { pos, dtype: spec.dtype, shape: [spec.shape[0], spec.shape[1], spec.shape[2]], num: spec.shape[1], den: h.max(1), norm, out })
         };
         let mut lr = field("lr", 1)?;
         let (h, w) = (lr.shape[1], lr.shape[2]);
@@ -279,6 +298,7 @@ impl Job {
         let mut order: (u64, Vec<usize>) = (u64::MAX, Vec::new());
         let mut scratch = Vec::new();
         let mut fscratch = Vec::new();
+        let mut tscratch = Vec::new();
         let mut g = first;
         loop {
             let epoch = g / self.bpe;
@@ -288,7 +308,7 @@ impl Job {
             }
             let bs = self.cfg.batch_size;
             let slots = (b * bs..(b + 1) * bs).collect::<Vec<_>>();
-            let res = self.build(epoch, &slots, &order.1, &mut scratch, &mut fscratch);
+            let res = self.build(epoch, &slots, &order.1, &mut scratch, &mut fscratch, &mut tscratch);
             let failed = res.is_err();
             if tx.send(res).is_err() || failed {
                 return;
@@ -297,13 +317,13 @@ impl Job {
         }
     }
 
-    fn build(&self, epoch: u64, slots: &[usize], order: &[usize], scratch: &mut Vec<u8>, fscratch: &mut Vec<f32>) -> Result<Batch> {
+    fn build(&self, epoch: u64, slots: &[usize], order: &[usize], scratch: &mut Vec<u8>, fscratch: &mut Vec<f32>, tscratch: &mut Vec<u8>) -> Result<Batch> {
         let p = &*self.plan;
         let bs = slots.len();
         let c = p.crop;
         let alloc = |f: &Field| -> Result<Tensor> {
             let side = (c * f.num / f.den) as i64;
-            Tensor::f_empty([bs as i64, f.shape[0] as i64, side, side], (Kind::Float, Device::Cpu)).ctx("batch alloc")
+            Tensor::f_empty([bs as i64, f.shape[0] as i64, side, side], (f.out, Device::Cpu)).ctx("batch alloc")
         };
         let lr = alloc(&p.lr)?;
         let hr = alloc(&p.hr)?;
@@ -333,14 +353,151 @@ impl Job {
                 };
                 let side = c * f.num / f.den;
                 let per = f.shape[0] * side * side;
-                // SAFETY: `t` was just allocated by f_empty as a contiguous CPU f32 tensor of bs*per elements,
-                // is not shared with any other thread yet, and `bi < bs`.
-                let out: &mut [f32] = unsafe { std::slice::from_raw_parts_mut((t.data_ptr() as *mut f32).add(bi * per), per) };
+                let es = f.out.elt_size_in_bytes();
+                // SAFETY: `t` was just allocated by f_empty as a contiguous CPU tensor of bs*per elements of
+                // `f.out`, is not shared with any other thread yet, and `bi < bs`.
+                let out: &mut [u8] = unsafe { std::slice::from_raw_parts_mut((t.data_ptr() as *mut u8).add(bi * per * es), per * es) };
                 let (fy0, fx0) = (y0 * f.num / f.den, x0 * f.num / f.den);
-                transform(bytes, f, (fy0, fx0, side), d, out, fscratch).map_err(|why| TrainerError::Sample { sample: global as u64, tensor: self.ds.schema().map(|s| s.tensors[f.pos].name.clone()).unwrap_or_default(), why })?;
+                let crop = (fy0, fx0, side);
+                let done = match f.out {
+                    Kind::Float => {
+                        // SAFETY: libtorch allocations are at least 64-byte aligned, so the f32 view is aligned.
+                        let out: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, per) };
+                        transform(bytes, f, crop, d, out, fscratch)
+                    }
+                    _ if es == 1 => transform_copy::<1>(bytes, f.shape, crop, d, out, tscratch),
+                    _ => transform_copy::<2>(bytes, f.shape, crop, d, out, tscratch),
+                };
+                done.map_err(|why| TrainerError::Sample { sample: global as u64, tensor: self.ds.schema().map(|s| s.tensors[f.pos].name.clone()).unwrap_or_default(), why })?;
             }
         }
         Ok(Batch { lr, hr, sr, feat, indices })
+    }
+}
+
+/// Crops `side`×`side` at (y0, x0) from a CHW tensor of `N`-byte elements and applies dihedral `d` (see
+/// [`transform`]) without changing the dtype: rows are plain copies (reversed for a horizontal flip), a transpose
+/// gathers in 16×16 blocks so both sides stay in cache.
+fn transform_copy<const N: usize>(bytes: &[u8], [ch, h, w]: [usize; 3], (y0, x0, side): (usize, usize, usize), d: u8, out: &mut [u8], scratch: &mut Vec<u8>) -> Result<(), String> {
+    let (src, rest) = bytes.as_chunks::<N>();
+    let (dst, _) = out.as_chunks_mut::<N>();
+    if !rest.is_empty() || src.len() != ch * h * w || dst.len() != ch * side * side {
+        return Err(format!("{} bytes for shape {:?} of {N}-byte elements", bytes.len(), [ch, h, w]));
+    }
+    if y0 + side > h || x0 + side > w {
+        return Err(format!("crop {side} at ({y0},{x0}) outside {h}x{w}"));
+    }
+    let (t, fv, fh) = (d & 4 != 0, d & 2 != 0, d & 1 != 0);
+    let n = side * side;
+    for c in 0..ch {
+        let plane = &src[c * h * w..(c + 1) * h * w];
+        let o = &mut dst[c * n..(c + 1) * n];
+        if !t {
+            for i in 0..side {
+                let r = if fv { side - 1 - i } else { i };
+                let row = &mut o[i * side..(i + 1) * side];
+                let s0 = (y0 + r) * w + x0;
+                row.copy_from_slice(&plane[s0..s0 + side]);
+                if fh {
+                    row.reverse();
+                }
+            }
+        } else if N == 2 && side % 8 == 0 {
+            // Transpose the crop with 8×8 SIMD blocks into `scratch` (T(i, j) = crop(j, i)), then output row i is
+            // row a(i) of T, reversed for a horizontal flip: two streaming passes instead of a 2-byte gather.
+            scratch.resize(n * N, 0);
+            let (tr, _) = scratch.as_chunks_mut::<N>();
+            // SAFETY: N == 2, so both slices hold 2-byte elements, and [u8; 2] has alignment 1 like u16 loads
+            // done unaligned; all 8×8 blocks lie inside the crop and `tr` (side % 8 == 0, bounds checked above).
+            unsafe { transpose_crop_u16(plane.as_ptr() as *const u8, w, (y0, x0, side), tr.as_mut_ptr() as *mut u8) };
+            for i in 0..side {
+                let a = if fv { side - 1 - i } else { i };
+                let row = &mut o[i * side..(i + 1) * side];
+                row.copy_from_slice(&tr[a * side..(a + 1) * side]);
+                if fh {
+                    row.reverse();
+                }
+            }
+        } else {
+            // Output (i, j) = crop(y = b, x = a), a/b the flip-adjusted i/j.
+            const B: usize = 16;
+            for bi in (0..side).step_by(B) {
+                for bj in (0..side).step_by(B) {
+                    for i in bi..(bi + B).min(side) {
+                        let a = if fv { side - 1 - i } else { i };
+                        for j in bj..(bj + B).min(side) {
+                            let b = if fh { side - 1 - j } else { j };
+                            o[i * side + j] = plane[(y0 + b) * w + x0 + a];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the transpose of the `side`×`side` crop at (y0, x0) of a row-major plane of 2-byte elements (row
+/// length `w`) to `dst` (row-major, `side`×`side`), in 8×8 blocks of SSE2 unpacks (baseline x86-64).
+///
+/// # Safety
+/// `side % 8 == 0`, the crop lies inside the plane and `dst` holds `side * side` 2-byte elements.
+unsafe fn transpose_crop_u16(src: *const u8, w: usize, (y0, x0, side): (usize, usize, usize), dst: *mut u8) {
+    for by in (0..side).step_by(8) {
+        for bx in (0..side).step_by(8) {
+            // SAFETY: the block lies inside the crop and `dst` (caller's contract).
+            unsafe {
+                let s = src.add(((y0 + by) * w + x0 + bx) * 2);
+                let d = dst.add((bx * side + by) * 2);
+                transpose8x8_u16(s, w * 2, d, side * 2);
+            }
+        }
+    }
+}
+
+/// # Safety
+/// 8 rows of 16 bytes readable at `src + k * src_stride` and writable at `dst + k * dst_stride`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn transpose8x8_u16(src: *const u8, src_stride: usize, dst: *mut u8, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: reads and writes stay in the 8 rows the caller vouches for; SSE2 is baseline on x86-64.
+    unsafe {
+        let r = |k: usize| _mm_loadu_si128(src.add(k * src_stride) as *const __m128i);
+        let (r0, r1, r2, r3, r4, r5, r6, r7) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7));
+        let (a0, a1) = (_mm_unpacklo_epi16(r0, r1), _mm_unpackhi_epi16(r0, r1));
+        let (a2, a3) = (_mm_unpacklo_epi16(r2, r3), _mm_unpackhi_epi16(r2, r3));
+        let (a4, a5) = (_mm_unpacklo_epi16(r4, r5), _mm_unpackhi_epi16(r4, r5));
+        let (a6, a7) = (_mm_unpacklo_epi16(r6, r7), _mm_unpackhi_epi16(r6, r7));
+        let (b0, b1) = (_mm_unpacklo_epi32(a0, a2), _mm_unpackhi_epi32(a0, a2));
+        let (b2, b3) = (_mm_unpacklo_epi32(a1, a3), _mm_unpackhi_epi32(a1, a3));
+        let (b4, b5) = (_mm_unpacklo_epi32(a4, a6), _mm_unpackhi_epi32(a4, a6));
+        let (b6, b7) = (_mm_unpacklo_epi32(a5, a7), _mm_unpackhi_epi32(a5, a7));
+        let cols = [
+            _mm_unpacklo_epi64(b0, b4),
+            _mm_unpackhi_epi64(b0, b4),
+            _mm_unpacklo_epi64(b1, b5),
+            _mm_unpackhi_epi64(b1, b5),
+            _mm_unpacklo_epi64(b2, b6),
+            _mm_unpackhi_epi64(b2, b6),
+            _mm_unpacklo_epi64(b3, b7),
+            _mm_unpackhi_epi64(b3, b7),
+        ];
+        for (k, c) in cols.into_iter().enumerate() {
+            _mm_storeu_si128(dst.add(k * dst_stride) as *mut __m128i, c);
+        }
+    }
+}
+
+/// # Safety
+/// As the x86-64 version.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose8x8_u16(src: *const u8, src_stride: usize, dst: *mut u8, dst_stride: usize) {
+    for i in 0..8 {
+        for j in 0..8 {
+            // SAFETY: inside the 8 rows the caller vouches for.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(i * src_stride + j * 2), dst.add(j * dst_stride + i * 2), 2) };
+        }
     }
 }
 
@@ -457,5 +614,34 @@ fn transform_f16(src: &[half::f16], [ch, h, w]: [usize; 3], (y0, x0, side): (usi
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dtype-preserving path (SIMD 8×8 transposes when the side allows) against the f32 path, which
+    /// converts f16 row by row and gathers transposes from a scratch plane: every dihedral, sides with and
+    /// without the SIMD path, an odd crop offset.
+    #[test]
+    fn stored_dtype_transform_matches_f32_transform() -> Result<(), String> {
+        let (ch, h, w) = (3usize, 41usize, 37usize);
+        let vals: Vec<half::f16> = (0..ch * h * w).map(|k| half::f16::from_f32((k % 977) as f32 * 0.25)).collect();
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f = Field { pos: 0, dtype: DType::F16, shape: [ch, h, w], num: 1, den: 1, norm: 1.0, out: Kind::Half };
+        let (mut fs, mut ts) = (Vec::new(), Vec::new());
+        for side in [8usize, 16, 24, 13] {
+            for d in 0..8u8 {
+                let crop = (5, 7, side);
+                let mut want = vec![0f32; ch * side * side];
+                transform(&bytes, &f, crop, d, &mut want, &mut fs)?;
+                let mut got = vec![0u8; ch * side * side * 2];
+                transform_copy::<2>(&bytes, f.shape, crop, d, &mut got, &mut ts)?;
+                let got: Vec<f32> = got.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+                assert_eq!(got, want, "side {side} dihedral {d}");
+            }
+        }
+        Ok(())
     }
 }

@@ -6,11 +6,11 @@ use crate::config::TrainConfig;
 use crate::error::{io_err, Result, TorchCtx, TrainerError};
 use crate::loader::{Batch, Loader, LoaderPosition};
 use crate::losses;
-use crate::metrics::{MetricsCsv, Row};
+use crate::metrics::{MetricsCsv, MetricsParquet, Row};
 use crate::model::FusionNet;
 use crate::ops::upsample_bicubic;
 use crate::optim::{ema_update, lr_at, AdamW, LossScaler};
-use crate::validate::{self, ValTable};
+use crate::validate::{self, FullImageVal, ValReport, ValTable};
 use srcache_formats::Dataset;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -179,7 +179,10 @@ impl Trainer {
 pub struct TrainSummary {
     pub steps: u64,
     pub final_loss: f64,
+    /// The last validation on held-out cached samples.
     pub val: Option<ValTable>,
+    /// The last full-image validation, one table per `val_dirs` folder.
+    pub val_full: Vec<ValTable>,
     pub params: i64,
     pub run_dir: PathBuf,
     pub exported: Option<PathBuf>,
@@ -216,7 +219,8 @@ fn xx(b: &[u8], seed: u64) -> u64 {
 /// Per-step observer (progress bars, logs).
 pub type Progress<'a> = &'a mut dyn FnMut(&Row);
 
-/// Full run over a cached dataset directory: writes checkpoints, metrics.csv, curves.png, val.json, fusion.pt.
+/// Full run over a cached dataset directory: writes checkpoints, metrics.csv (logged steps), metrics.parquet
+/// (every step), curves.png, val.json (the last validation), val.log (every validation's tables), fusion.pt.
 pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress: Progress) -> Result<TrainSummary> {
     std::fs::create_dir_all(run).map_err(io_err(run))?;
     let ds = Arc::new(Dataset::open(data)?);
@@ -236,28 +240,43 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     if let Some(pos) = resumed {
         loader.seek(pos);
     }
-    let mut csv = MetricsCsv::open(run, resumed.map(|_| tr.step))?;
+    let resume_step = resumed.map(|_| tr.step);
+    let mut csv = MetricsCsv::open(run, resume_step)?;
+    let mut pq = MetricsParquet::open(run, resume_step)?;
+    // The frozen experts run over the full validation images once, here; validations only run the fusion.
+    let full_val = if cfg.val_dirs.is_empty() || tr.step >= cfg.steps { None } else { Some(FullImageVal::prepare(&cfg, &cfg.model, &ds)?) };
     let params = crate::model::param_count(&tr.vs);
     let mut last_loss = f64::NAN;
-    let mut val: Option<ValTable> = None;
+    let mut report: Option<ValReport> = None;
     let t0 = Instant::now();
     let mut window = (Instant::now(), 0u64, 0usize);
     let mut total_samples = 0usize;
     while tr.step < cfg.steps {
+        let t_step = Instant::now();
         let out = tr.train_step(&mut loader)?;
+        let dt_step = t_step.elapsed().as_secs_f64().max(1e-9);
         last_loss = out.loss;
         total_samples += out.samples;
         window.1 += 1;
         window.2 += out.samples;
         let last = tr.step == cfg.steps;
         let mut row = Row { step: out.step, loss: out.loss, parts: out.parts.clone(), lr: out.lr, grad_norm: out.grad_norm, ..Default::default() };
-        let do_val = !val_idx.is_empty() && (last || (cfg.val_every > 0 && tr.step % cfg.val_every == 0));
+        let has_val = !val_idx.is_empty() || full_val.is_some();
+        let do_val = has_val && (last || (cfg.val_every > 0 && tr.step % cfg.val_every == 0));
         if do_val {
-            let table = validate::held_out(&tr.ema, &ds, &val_idx, &cfg)?;
-            row.val_psnr = Some(table.fused().psnr);
-            row.val_ssim = Some(table.fused().ssim);
-            val = Some(table);
+            let held_out = if val_idx.is_empty() { None } else { Some(validate::held_out(&tr.ema, &ds, &val_idx, &cfg)?) };
+            let full = match &full_val {
+                Some(v) => v.evaluate(&tr.ema)?,
+                None => Vec::new(),
+            };
+            let r = ValReport { step: tr.step, held_out, full };
+            row.val_psnr = r.psnr();
+            row.val_ssim = r.ssim();
+            row.val_best_expert_psnr = r.best_expert_psnr();
+            append_val_log(run, &r)?;
+            report = Some(r);
         }
+        pq.push(Row { steps_per_s: 1.0 / dt_step, samples_per_s: out.samples as f64 / dt_step, ..row.clone() });
         if last || do_val || (cfg.log_every > 0 && tr.step % cfg.log_every == 0) {
             let dt = window.0.elapsed().as_secs_f64().max(1e-9);
             row.steps_per_s = window.1 as f64 / dt;
@@ -272,11 +291,13 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
             }
             tr.save(run, loader.position(), row.val_psnr)?;
             checkpoint::prune(run, &tr.best, tr.step)?;
+            pq.flush()?;
         }
     }
     drop(csv);
-    crate::metrics::plot(&run.join("metrics.csv"), &run.join("curves.png"))?;
-    if let Some(v) = &val {
+    pq.flush()?;
+    crate::metrics::plot(&pq.rows, &run.join("curves.png"))?;
+    if let Some(v) = &report {
         let json = serde_json::to_vec_pretty(v).map_err(|e| TrainerError::Config { what: "val table".into(), why: e.to_string() })?;
         checkpoint::write_atomic(&run.join("val.json"), &json)?;
     }
@@ -290,10 +311,19 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     Ok(TrainSummary {
         steps: tr.step,
         final_loss: last_loss,
-        val,
+        val: report.as_ref().and_then(|r| r.held_out.clone()),
+        val_full: report.map(|r| r.full).unwrap_or_default(),
         params,
         run_dir: run.to_path_buf(),
         exported,
         samples_per_s: total_samples as f64 / t0.elapsed().as_secs_f64().max(1e-9),
     })
+}
+
+/// Appends one validation's tables to `<run>/val.log`: the history that val.json (the last one) does not keep.
+fn append_val_log(run: &Path, r: &ValReport) -> Result<()> {
+    use std::io::Write;
+    let path = run.join("val.log");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+    writeln!(f, "{r}").map_err(io_err(&path))
 }

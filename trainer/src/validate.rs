@@ -1,14 +1,19 @@
-//! Validation on held-out cached samples (split by source image): PSNR/SSIM on Y, crop = scale, u8-rounded,
-//! for the fused output, every expert and bicubic — the table that says whether fusion beats its inputs.
+//! Validation, two ways, each a table of fused vs every expert vs bicubic (PSNR/SSIM on Y, crop = scale,
+//! u8-rounded, BasicSR conventions):
+//! - held-out cached samples (split by source image): cheap, always available;
+//! - full benchmark images (`val_dirs`): the number papers report. The frozen experts run once, tiled, when
+//!   the set is prepared; each validation then runs only the fusion model on the stored expert outputs.
 
-use crate::config::{LoaderConfig, ShuffleMode, TrainConfig};
-use crate::error::{Result, TorchCtx};
+use crate::config::{FusionConfig, LoaderConfig, ShuffleMode, TrainConfig};
+use crate::error::{Result, TorchCtx, TrainerError};
+use crate::fullimage::{self, ExpertOutputs};
 use crate::loader::{Loader, LoaderPosition};
 use crate::metrics::{psnr_y, ssim_y, tensor_to_rgb8, Rgb8};
 use crate::model::FusionNet;
 use crate::ops::upsample_bicubic;
 use serde::{Deserialize, Serialize};
 use srcache_formats::Dataset;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -21,8 +26,13 @@ pub struct ValRow {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ValTable {
+    /// What was evaluated: "held-out" (cached samples) or a `val_dirs` folder's name.
+    #[serde(default)]
+    pub source: String,
+    /// Samples (held-out) or full images (val_dirs) averaged over.
     pub samples: usize,
-    /// First row is "fused", then one per expert, then "bicubic".
+    /// First row is "fused", then one per expert, then the bicubic baseline ("bicubic": PyTorch's, on
+    /// held-out samples; "matlab_bicubic": the papers' baseline, on full images).
     pub rows: Vec<ValRow>,
 }
 
@@ -31,15 +41,75 @@ impl ValTable {
         &self.rows[0]
     }
     pub fn best_expert(&self) -> Option<&ValRow> {
-        self.rows[1..self.rows.len() - 1].iter().max_by(|a, b| a.psnr.total_cmp(&b.psnr))
+        self.rows.get(1..self.rows.len().saturating_sub(1))?.iter().max_by(|a, b| a.psnr.total_cmp(&b.psnr))
+    }
+    pub fn row(&self, name: &str) -> Option<&ValRow> {
+        self.rows.iter().find(|r| r.name == name)
     }
 }
 
 impl std::fmt::Display for ValTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{:<24} {:>9} {:>8}   ({} held-out samples, Y, crop=scale)", "method", "PSNR", "SSIM", self.samples)?;
+        let what = if self.source == "held-out" || self.source.is_empty() {
+            format!("{} held-out samples", self.samples)
+        } else {
+            format!("{}: {} full images", self.source, self.samples)
+        };
+        writeln!(f, "{:<24} {:>9} {:>8}   ({what}, Y, crop=scale)", "method", "PSNR", "SSIM")?;
         for r in &self.rows {
             writeln!(f, "{:<24} {:>9.3} {:>8.4}", r.name, r.psnr, r.ssim)?;
+        }
+        if let Some(b) = self.best_expert() {
+            writeln!(f, "fused - best expert ({}): {:+.3} dB", b.name, self.fused().psnr - b.psnr)?;
+        }
+        Ok(())
+    }
+}
+
+/// One validation: the tables and the numbers the run's metrics and checkpoint selection use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValReport {
+    pub step: u64,
+    pub held_out: Option<ValTable>,
+    /// One table per `val_dirs` folder.
+    pub full: Vec<ValTable>,
+}
+
+impl ValReport {
+    /// The tables best-k selection reads: the full-image ones when there are any, else held-out.
+    fn primary(&self) -> Vec<&ValTable> {
+        if self.full.is_empty() { self.held_out.iter().collect() } else { self.full.iter().collect() }
+    }
+    fn mean(&self, f: impl Fn(&ValTable) -> Option<f64>) -> Option<f64> {
+        let v: Vec<f64> = self.primary().into_iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    }
+    /// Fused PSNR (mean over the primary tables): the checkpoint-selection metric.
+    pub fn psnr(&self) -> Option<f64> {
+        self.mean(|t| Some(t.fused().psnr))
+    }
+    pub fn ssim(&self) -> Option<f64> {
+        self.mean(|t| Some(t.fused().ssim))
+    }
+    /// The best single expert on the same tables (experts averaged over tables first).
+    pub fn best_expert_psnr(&self) -> Option<f64> {
+        let tables = self.primary();
+        let first = tables.first()?;
+        let n = first.rows.len().saturating_sub(2);
+        (1..=n)
+            .filter_map(|k| {
+                let v: Vec<f64> = tables.iter().filter_map(|t| t.rows.get(k).map(|r| r.psnr)).collect();
+                (v.len() == tables.len()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            })
+            .max_by(f64::total_cmp)
+    }
+}
+
+impl std::fmt::Display for ValReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "validation at step {}", self.step)?;
+        for t in self.held_out.iter().chain(&self.full) {
+            write!(f, "{t}")?;
         }
         Ok(())
     }
@@ -58,6 +128,7 @@ pub fn held_out(model: &FusionNet, ds: &Arc<Dataset>, val_idx: &[usize], cfg: &T
         seed: cfg.seed,
         experts: model.cfg.experts.clone(),
         load_feats: cfg.loader.load_feats,
+        stored_dtype: cfg.loader.stored_dtype,
     };
     let mut loader = Loader::new(ds.clone(), val_idx.to_vec(), &lc, LoaderPosition::default())?;
     let scale = model.cfg.scale as usize;
@@ -88,5 +159,128 @@ pub fn held_out(model: &FusionNet, ds: &Arc<Dataset>, val_idx: &[usize], cfg: &T
     names.extend(model.cfg.experts.iter().cloned());
     names.push("bicubic".to_string());
     let rows = names.into_iter().zip(acc).map(|(name, (p, s))| ValRow { name, psnr: p / count as f64, ssim: s / count as f64 }).collect();
-    Ok(ValTable { samples: count, rows })
+    Ok(ValTable { source: "held-out".into(), samples: count, rows })
+}
+
+/// One prepared validation image: HR (mod-cropped), its LR, and what the frozen experts made of it.
+struct ValImage {
+    hr: image::RgbImage,
+    lr_up: Tensor,
+    experts: ExpertOutputs,
+}
+
+/// One `val_dirs` folder, with the metrics of everything that does not change during training.
+struct ValDir {
+    name: String,
+    images: Vec<ValImage>,
+    /// Per image: (PSNR, SSIM) of each expert, then MATLAB bicubic.
+    fixed: Vec<Vec<(f64, f64)>>,
+}
+
+/// The full-image validation set: built once per run, evaluated at every validation.
+pub struct FullImageVal {
+    dirs: Vec<ValDir>,
+    experts: Vec<String>,
+    scale: u32,
+    /// LR images skipped while scanning (unpaired HR, or an LR of the wrong size): (file, reason).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+fn metrics_of(x: &image::RgbImage, hr: &image::RgbImage, crop: usize) -> (f64, f64) {
+    let w = hr.width() as usize;
+    let h = hr.height() as usize;
+    let a = Rgb8 { data: x.as_raw(), w, h };
+    let b = Rgb8 { data: hr.as_raw(), w, h };
+    (psnr_y(&a, &b, crop), ssim_y(&a, &b, crop))
+}
+
+impl FullImageVal {
+    /// Loads the experts `model` fuses from the dataset's schema, reads each `cfg.val_dirs` folder
+    /// (benchmark layout, LR made with MATLAB bicubic when `LR_bicubic/X<scale>` is absent), runs the experts
+    /// once per image in tiles of `cfg.val_tile` (0 = the cache's patch size) and scores them.
+    pub fn prepare(cfg: &TrainConfig, model: &FusionConfig, ds: &Dataset) -> Result<Self> {
+        let scale = model.scale;
+        let patch = ds.schema().and_then(|s| s.attrs.get("patch")).and_then(|v| v.parse::<u32>().ok());
+        let tile = if cfg.val_tile > 0 { cfg.val_tile } else { patch.unwrap_or(64) };
+        let tiling = crate::tiling::Tiling { tile: tile as i64, overlap: cfg.val_tile_overlap as i64 };
+        let sources = fullimage::sources_from_dataset(ds, &model.experts)?;
+        let device = cfg.device();
+        let experts = fullimage::load_experts(&sources, scale, device, tile as usize)?;
+        let want = fullimage::wanted_feats(model);
+        let mut dirs = Vec::new();
+        let mut skipped = Vec::new();
+        for dir in &cfg.val_dirs {
+            let (entries, skip) = scan_dir(dir, scale, cfg.val_max_images)?;
+            skipped.extend(skip);
+            let mut images = Vec::new();
+            let mut fixed = Vec::new();
+            for entry in &entries {
+                let img = srcache_ingest::prepare_image(entry, scale)
+                    .map_err(|e| TrainerError::Image { path: entry.hr.clone(), why: e.to_string() })?;
+                let lr = fullimage::image_to_tensor(&img.lr, tch::Device::Cpu)?;
+                let outs = fullimage::run_experts(&experts, &lr, tiling, &want)?;
+                let mut m = Vec::with_capacity(experts.len() + 1);
+                for sr in &outs.srs {
+                    m.push(metrics_of(&fullimage::tensor_to_image(sr)?, &img.hr, scale as usize));
+                }
+                m.push(metrics_of(&srcache_ingest::resize::bicubic_up(&img.lr, scale), &img.hr, scale as usize));
+                fixed.push(m);
+                images.push(ValImage { hr: img.hr, lr_up: fullimage::lr_upsampled(&lr, scale)?, experts: outs });
+            }
+            if images.is_empty() {
+                return Err(TrainerError::Data { path: dir.clone(), why: "no validation images (HR/ + LR_bicubic/X<scale>/)".into() });
+            }
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
+            dirs.push(ValDir { name, images, fixed });
+        }
+        Ok(Self { dirs, experts: model.experts.clone(), scale, skipped })
+    }
+
+    pub fn images(&self) -> usize {
+        self.dirs.iter().map(|d| d.images.len()).sum()
+    }
+
+    /// Runs `model` on every image (whole image at once, as `srcache infer` runs the exported model) and
+    /// returns one table per folder.
+    pub fn evaluate(&self, model: &FusionNet) -> Result<Vec<ValTable>> {
+        if model.cfg.experts != self.experts {
+            return Err(TrainerError::Config { what: "full-image validation".into(), why: format!("model fuses {:?}, the set was prepared for {:?}", model.cfg.experts, self.experts) });
+        }
+        let _g = tch::no_grad_guard();
+        let dev = model.device();
+        let crop = self.scale as usize;
+        let mut tables = Vec::new();
+        for d in &self.dirs {
+            let mut acc = vec![(0.0, 0.0); self.experts.len() + 2];
+            for (img, fixed) in d.images.iter().zip(&d.fixed) {
+                let to = |t: &Tensor| t.f_to_device(dev).ctx("val input to device");
+                let srs = img.experts.srs.iter().map(to).collect::<Result<Vec<_>>>()?;
+                let feats = img.experts.feats.iter().map(to).collect::<Result<Vec<_>>>()?;
+                let fused = model.forward(&to(&img.lr_up)?, &srs, &feats)?;
+                let m = metrics_of(&fullimage::tensor_to_image(&fused)?, &img.hr, crop);
+                for (a, v) in acc.iter_mut().zip(std::iter::once(&m).chain(fixed)) {
+                    a.0 += v.0;
+                    a.1 += v.1;
+                }
+            }
+            let n = d.images.len() as f64;
+            let names = std::iter::once("fused".to_string()).chain(self.experts.iter().cloned()).chain(std::iter::once("matlab_bicubic".to_string()));
+            let rows = names.zip(acc).map(|(name, (p, s))| ValRow { name, psnr: p / n, ssim: s / n }).collect();
+            tables.push(ValTable { source: d.name.clone(), samples: d.images.len(), rows });
+        }
+        Ok(tables)
+    }
+}
+
+/// The images of one benchmark folder, first `max` by name (0 = all), plus the ones that could not be paired.
+fn scan_dir(dir: &Path, scale: u32, max: usize) -> Result<(Vec<srcache_ingest::ImageEntry>, Vec<(PathBuf, String)>)> {
+    let hr_dir = if dir.join("HR").is_dir() { dir.join("HR") } else { dir.to_path_buf() };
+    let lr_dir = dir.join(format!("LR_bicubic/X{scale}"));
+    let cfg = srcache_ingest::ScanConfig { hr_dir, lr_dir: lr_dir.is_dir().then_some(lr_dir), scale };
+    let report = srcache_ingest::scan(&cfg).map_err(|e| TrainerError::Data { path: dir.to_path_buf(), why: e.to_string() })?;
+    let mut images = report.images;
+    if max > 0 {
+        images.truncate(max);
+    }
+    Ok((images, report.unpaired.into_iter().map(|s| (s.path, s.reason)).collect()))
 }

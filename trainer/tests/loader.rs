@@ -7,7 +7,7 @@ use srcache_formats::Dataset;
 use srcache_trainer::config::{LoaderConfig, ShuffleMode};
 use srcache_trainer::loader::{Loader, LoaderPosition};
 use std::sync::Arc;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 fn ds(n: usize) -> (tempfile::TempDir, Arc<Dataset>) {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -33,7 +33,7 @@ fn every_tensor_gets_the_same_box_and_dihedral_transform() {
     assert_eq!(l.feat_channels, vec![4, 0, 6]);
     let mut seen_transforms = std::collections::HashSet::new();
     for _ in 0..8 {
-        let b = l.next_batch().expect("batch");
+        let b = l.next_batch().expect("batch").to_device(Device::Cpu).expect("f32");
         assert_eq!(b.lr.size(), vec![3, 3, 10, 10]);
         assert_eq!(b.hr.size(), vec![3, 3, 20, 20]);
         // hr was the nearest-neighbour upsample of lr: still true after crop + transform iff both got the same.
@@ -61,7 +61,7 @@ fn every_tensor_gets_the_same_box_and_dihedral_transform() {
 fn stream(l: &mut Loader, n: usize) -> Vec<(Vec<usize>, Vec<f32>)> {
     (0..n)
         .map(|_| {
-            let b = l.next_batch().expect("batch");
+            let b = l.next_batch().expect("batch").to_device(Device::Cpu).expect("f32");
             let v: Vec<f32> = Vec::<f32>::try_from(b.lr.flatten(0, -1)).expect("vec");
             (b.indices, v)
         })
@@ -106,4 +106,27 @@ fn bad_crop_is_an_error_not_a_panic() {
     c.crop = Some(8);
     c.batch_size = 5;
     assert!(Loader::new(d, (0..4).collect(), &c, LoaderPosition::default()).is_err());
+}
+
+#[test]
+fn stored_dtype_batches_match_cpu_converted_ones() {
+    let (_t, d) = ds(12);
+    let idx: Vec<usize> = (0..12).collect();
+    let stored = cfg(2, ShuffleMode::Global);
+    let converted = LoaderConfig { stored_dtype: false, ..stored.clone() };
+    let mut a = Loader::new(d.clone(), idx.clone(), &stored, LoaderPosition::default()).expect("loader");
+    let mut b = Loader::new(d, idx, &converted, LoaderPosition::default()).expect("loader");
+    for _ in 0..6 {
+        let x = a.next_batch().expect("batch");
+        assert_eq!(x.lr.kind(), Kind::Uint8);
+        assert_eq!(x.sr[0].kind(), Kind::Half);
+        let y = b.next_batch().expect("batch");
+        assert_eq!(y.sr[0].kind(), Kind::Float);
+        assert!(x.bytes() < y.bytes() / 2 + y.bytes() / 8, "stored batch is not smaller");
+        let x = x.to_device(Device::Cpu).expect("f32");
+        for (p, q) in [(&x.lr, &y.lr), (&x.hr, &y.hr)].into_iter().chain(x.sr.iter().zip(&y.sr)).chain(x.feat.iter().zip(&y.feat)) {
+            assert_eq!(p.kind(), Kind::Float);
+            assert_eq!(max_diff(p, q), 0.0, "stored-dtype path differs after conversion");
+        }
+    }
 }

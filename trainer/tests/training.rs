@@ -152,7 +152,7 @@ fn full_run_writes_metrics_plot_checkpoints_and_a_torchscript_that_matches() {
     let mut lc = cfg.loader.clone();
     lc.crop = None;
     let mut loader = Loader::new(ds, (0..32).collect(), &lc, LoaderPosition::default()).expect("loader");
-    let b = loader.next_batch().expect("batch");
+    let b = loader.next_batch().expect("batch").to_device(tch::Device::Cpu).expect("f32");
     let want = tch::no_grad(|| fuse(&tr.ema, &b)).expect("fuse");
     let lr_up = srcache_trainer::ops::upsample_bicubic(&b.lr, 2).expect("up");
     let mut inputs = vec![lr_up];
