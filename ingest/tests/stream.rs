@@ -92,6 +92,23 @@ fn bad_files_are_skipped_with_their_names_or_fail_in_strict_mode() {
     assert!(reason("0006").contains("no LR image"));
     assert_eq!(skipped.len(), 5);
 
+    // The ingest-only dataset of the same folder: the good pair's patches as CHW u8 shards, and the skipped
+    // files listed in the manifest's metadata, read back through `formats`.
+    let out = dir.path().join("patches");
+    let opts = srcache_ingest::PatchShardOptions::default();
+    let sum = srcache_ingest::write_patch_dataset(&cfg(&hr, Some(&lr), 2, false), &out, &opts, &|_, _| {}).expect("ingest");
+    assert_eq!(sum.written as usize, samples.len());
+    assert_eq!(sum.skipped.len(), 5);
+    let ds = srcache_formats::Dataset::open(&out).expect("open dataset");
+    assert_eq!(ds.len(), samples.len());
+    let (shard, i) = ds.sample(3).expect("sample 3");
+    assert_eq!(shard.meta(i).expect("meta").id, samples[3].id);
+    assert_eq!(shard.tensor(i, "hr").expect("hr").decode().expect("decode"), srcache_ingest::shards::to_chw(&samples[3].hr));
+    let meta = srcache_formats::Manifest::read_metadata(&srcache_formats::Manifest::path_in(&out)).expect("metadata");
+    let listed: Vec<srcache_ingest::Skipped> = serde_json::from_str(&meta[srcache_formats::SKIPPED_KEY]).expect("skipped json");
+    assert_eq!(listed.len(), 5);
+    assert!(listed.iter().any(|k| k.path.ends_with("0002.png") && k.reason.contains("cannot decode")));
+
     // Strict: the first bad file stops the run with its name.
     let err = match stream(&cfg(&hr, Some(&lr), 2, true)) {
         Err(e) => e.to_string(),

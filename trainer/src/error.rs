@@ -21,8 +21,9 @@ pub enum TrainerError {
     Image { path: PathBuf, why: String },
     #[error("loader worker stopped: {why}")]
     Loader { why: String },
+    /// Boxed: CacheError is large, and every trainer Result would carry its size.
     #[error("expert {name}: {source}")]
-    Expert { name: String, #[source] source: srcache_cache::CacheError },
+    Expert { name: String, #[source] source: Box<srcache_cache::CacheError> },
     #[error("metrics file {path}: {why}")]
     Metrics { path: PathBuf, why: String },
 }

@@ -31,7 +31,7 @@ pub fn sources_from_dataset(ds: &Dataset, names: &[String]) -> Result<Vec<(Strin
             let src = attrs.get(&format!("expert/{name}")).ok_or_else(|| {
                 bad(format!("schema attrs have no expert/{name}: full-image validation needs the experts' sources (caches written by `srcache cache` record them)"))
             })?;
-            let source = match parse_source(src).map_err(|source| TrainerError::Expert { name: name.clone(), source })? {
+            let source = match parse_source(src).map_err(|source| TrainerError::Expert { name: name.clone(), source: Box::new(source) })? {
                 ExpertSource::TorchScript(p) => ExpertSource::TorchScript(resolve(&p, ds.dir())),
                 b => b,
             };
@@ -51,7 +51,7 @@ fn resolve(p: &Path, data_dir: &Path) -> PathBuf {
 pub fn load_experts(sources: &[(String, ExpertSource)], scale: u32, device: Device, probe_hw: usize) -> Result<Vec<Expert>> {
     sources
         .iter()
-        .map(|(n, s)| Expert::load_probed(n, s, scale, device, probe_hw).map_err(|source| TrainerError::Expert { name: n.clone(), source }))
+        .map(|(n, s)| Expert::load_probed(n, s, scale, device, probe_hw).map_err(|source| TrainerError::Expert { name: n.clone(), source: Box::new(source) }))
         .collect()
 }
 
@@ -78,7 +78,7 @@ pub fn run_experts(experts: &[Expert], lr: &Tensor, tiling: Tiling, want_feat: &
         }
         let input = lr.f_to_device(e.device()).ctx("lr to expert device")?;
         let mut parts = run_tiled_multi(&input, tiling, |t: &Tensor| -> Result<Vec<Tensor>> {
-            let (sr, feat) = e.forward(t).map_err(|source| TrainerError::Expert { name: e.name().to_string(), source })?;
+            let (sr, feat) = e.forward(t).map_err(|source| TrainerError::Expert { name: e.name().to_string(), source: Box::new(source) })?;
             Ok(match (want, feat) {
                 (true, Some(f)) => vec![sr, f],
                 _ => vec![sr],

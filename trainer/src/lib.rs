@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+mod dihedral;
 pub mod error;
 pub mod export;
 pub mod fullimage;

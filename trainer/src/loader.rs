@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use srcache_formats::{DType, Dataset};
-use half::slice::HalfBitsSliceExt;
+use crate::dihedral::{transform_copy, transform_f32};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tch::{Device, Kind, Tensor};
@@ -72,7 +72,7 @@ pub struct LoaderPosition {
 }
 
 #[derive(Debug, Clone)]
-struct Field {
+pub(crate) struct Field {
     pos: usize,
     dtype: DType,
     shape: [usize; 3],
@@ -198,7 +198,7 @@ impl Loader {
             experts,
             feat_channels,
         };
-        l.spawn(start);
+        l.spawn(start)?;
         Ok(l)
     }
 
@@ -210,7 +210,7 @@ impl Loader {
         self.pos
     }
 
-    fn spawn(&mut self, start: LoaderPosition) {
+    fn spawn(&mut self, start: LoaderPosition) -> Result<()> {
         self.stop();
         let bpe = self.batches_per_epoch();
         let g0 = start.epoch * bpe + start.batch.min(bpe);
@@ -220,12 +220,18 @@ impl Loader {
             let job = Job { ds: self.ds.clone(), plan: self.plan.clone(), cfg: self.cfg.clone(), indices: self.indices.clone(), bpe };
             let first = g0 + w as u64;
             let step = workers as u64;
-            self.threads.push(std::thread::spawn(move || job.run(first, step, tx)));
+            // Named so profiles and debuggers can tell loader workers from the trainer's threads.
+            let t = std::thread::Builder::new()
+                .name(format!("loader-{w}"))
+                .spawn(move || job.run(first, step, tx))
+                .map_err(|e| TrainerError::Loader { why: format!("cannot start worker thread: {e}") })?;
+            self.threads.push(t);
             self.rx.push(rx);
         }
         self.start_global = g0;
         self.next_global = g0;
         self.pos = start;
+        Ok(())
     }
 
     fn stop(&mut self) {
@@ -236,8 +242,8 @@ impl Loader {
     }
 
     /// Restarts the stream at `pos` (used on resume).
-    pub fn seek(&mut self, pos: LoaderPosition) {
-        self.spawn(pos);
+    pub fn seek(&mut self, pos: LoaderPosition) -> Result<()> {
+        self.spawn(pos)
     }
 
     /// Next batch (the stream is endless: epochs follow each other).
@@ -297,7 +303,6 @@ impl Job {
     fn run(self, first: u64, step: u64, tx: Sender<Result<Batch>>) {
         let mut order: (u64, Vec<usize>) = (u64::MAX, Vec::new());
         let mut scratch = Vec::new();
-        let mut fscratch = Vec::new();
         let mut tscratch = Vec::new();
         let mut g = first;
         loop {
@@ -308,7 +313,7 @@ impl Job {
             }
             let bs = self.cfg.batch_size;
             let slots = (b * bs..(b + 1) * bs).collect::<Vec<_>>();
-            let res = self.build(epoch, &slots, &order.1, &mut scratch, &mut fscratch, &mut tscratch);
+            let res = self.build(epoch, &slots, &order.1, &mut scratch, &mut tscratch);
             let failed = res.is_err();
             if tx.send(res).is_err() || failed {
                 return;
@@ -317,7 +322,7 @@ impl Job {
         }
     }
 
-    fn build(&self, epoch: u64, slots: &[usize], order: &[usize], scratch: &mut Vec<u8>, fscratch: &mut Vec<f32>, tscratch: &mut Vec<u8>) -> Result<Batch> {
+    fn build(&self, epoch: u64, slots: &[usize], order: &[usize], scratch: &mut Vec<u8>, tscratch: &mut Vec<u8>) -> Result<Batch> {
         let p = &*self.plan;
         let bs = slots.len();
         let c = p.crop;
@@ -363,7 +368,7 @@ impl Job {
                     Kind::Float => {
                         // SAFETY: libtorch allocations are at least 64-byte aligned, so the f32 view is aligned.
                         let out: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, per) };
-                        transform(bytes, f, crop, d, out, fscratch)
+                        transform_f32(bytes, f.dtype, f.shape, f.norm, crop, d, out, tscratch)
                     }
                     _ if es == 1 => transform_copy::<1>(bytes, f.shape, crop, d, out, tscratch),
                     _ => transform_copy::<2>(bytes, f.shape, crop, d, out, tscratch),
@@ -372,276 +377,5 @@ impl Job {
             }
         }
         Ok(Batch { lr, hr, sr, feat, indices })
-    }
-}
-
-/// Crops `side`×`side` at (y0, x0) from a CHW tensor of `N`-byte elements and applies dihedral `d` (see
-/// [`transform`]) without changing the dtype: rows are plain copies (reversed for a horizontal flip), a transpose
-/// gathers in 16×16 blocks so both sides stay in cache.
-fn transform_copy<const N: usize>(bytes: &[u8], [ch, h, w]: [usize; 3], (y0, x0, side): (usize, usize, usize), d: u8, out: &mut [u8], scratch: &mut Vec<u8>) -> Result<(), String> {
-    let (src, rest) = bytes.as_chunks::<N>();
-    let (dst, _) = out.as_chunks_mut::<N>();
-    if !rest.is_empty() || src.len() != ch * h * w || dst.len() != ch * side * side {
-        return Err(format!("{} bytes for shape {:?} of {N}-byte elements", bytes.len(), [ch, h, w]));
-    }
-    if y0 + side > h || x0 + side > w {
-        return Err(format!("crop {side} at ({y0},{x0}) outside {h}x{w}"));
-    }
-    let (t, fv, fh) = (d & 4 != 0, d & 2 != 0, d & 1 != 0);
-    let n = side * side;
-    for c in 0..ch {
-        let plane = &src[c * h * w..(c + 1) * h * w];
-        let o = &mut dst[c * n..(c + 1) * n];
-        if !t {
-            for i in 0..side {
-                let r = if fv { side - 1 - i } else { i };
-                let row = &mut o[i * side..(i + 1) * side];
-                let s0 = (y0 + r) * w + x0;
-                row.copy_from_slice(&plane[s0..s0 + side]);
-                if fh {
-                    row.reverse();
-                }
-            }
-        } else if N == 2 && side % 8 == 0 {
-            // Transpose the crop with 8×8 SIMD blocks into `scratch` (T(i, j) = crop(j, i)), then output row i is
-            // row a(i) of T, reversed for a horizontal flip: two streaming passes instead of a 2-byte gather.
-            scratch.resize(n * N, 0);
-            let (tr, _) = scratch.as_chunks_mut::<N>();
-            // SAFETY: N == 2, so both slices hold 2-byte elements, and [u8; 2] has alignment 1 like u16 loads
-            // done unaligned; all 8×8 blocks lie inside the crop and `tr` (side % 8 == 0, bounds checked above).
-            unsafe { transpose_crop_u16(plane.as_ptr() as *const u8, w, (y0, x0, side), tr.as_mut_ptr() as *mut u8) };
-            for i in 0..side {
-                let a = if fv { side - 1 - i } else { i };
-                let row = &mut o[i * side..(i + 1) * side];
-                row.copy_from_slice(&tr[a * side..(a + 1) * side]);
-                if fh {
-                    row.reverse();
-                }
-            }
-        } else {
-            // Output (i, j) = crop(y = b, x = a), a/b the flip-adjusted i/j.
-            const B: usize = 16;
-            for bi in (0..side).step_by(B) {
-                for bj in (0..side).step_by(B) {
-                    for i in bi..(bi + B).min(side) {
-                        let a = if fv { side - 1 - i } else { i };
-                        for j in bj..(bj + B).min(side) {
-                            let b = if fh { side - 1 - j } else { j };
-                            o[i * side + j] = plane[(y0 + b) * w + x0 + a];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes the transpose of the `side`×`side` crop at (y0, x0) of a row-major plane of 2-byte elements (row
-/// length `w`) to `dst` (row-major, `side`×`side`), in 8×8 blocks of SSE2 unpacks (baseline x86-64).
-///
-/// # Safety
-/// `side % 8 == 0`, the crop lies inside the plane and `dst` holds `side * side` 2-byte elements.
-unsafe fn transpose_crop_u16(src: *const u8, w: usize, (y0, x0, side): (usize, usize, usize), dst: *mut u8) {
-    for by in (0..side).step_by(8) {
-        for bx in (0..side).step_by(8) {
-            // SAFETY: the block lies inside the crop and `dst` (caller's contract).
-            unsafe {
-                let s = src.add(((y0 + by) * w + x0 + bx) * 2);
-                let d = dst.add((bx * side + by) * 2);
-                transpose8x8_u16(s, w * 2, d, side * 2);
-            }
-        }
-    }
-}
-
-/// # Safety
-/// 8 rows of 16 bytes readable at `src + k * src_stride` and writable at `dst + k * dst_stride`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn transpose8x8_u16(src: *const u8, src_stride: usize, dst: *mut u8, dst_stride: usize) {
-    use std::arch::x86_64::*;
-    // SAFETY: reads and writes stay in the 8 rows the caller vouches for; SSE2 is baseline on x86-64.
-    unsafe {
-        let r = |k: usize| _mm_loadu_si128(src.add(k * src_stride) as *const __m128i);
-        let (r0, r1, r2, r3, r4, r5, r6, r7) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7));
-        let (a0, a1) = (_mm_unpacklo_epi16(r0, r1), _mm_unpackhi_epi16(r0, r1));
-        let (a2, a3) = (_mm_unpacklo_epi16(r2, r3), _mm_unpackhi_epi16(r2, r3));
-        let (a4, a5) = (_mm_unpacklo_epi16(r4, r5), _mm_unpackhi_epi16(r4, r5));
-        let (a6, a7) = (_mm_unpacklo_epi16(r6, r7), _mm_unpackhi_epi16(r6, r7));
-        let (b0, b1) = (_mm_unpacklo_epi32(a0, a2), _mm_unpackhi_epi32(a0, a2));
-        let (b2, b3) = (_mm_unpacklo_epi32(a1, a3), _mm_unpackhi_epi32(a1, a3));
-        let (b4, b5) = (_mm_unpacklo_epi32(a4, a6), _mm_unpackhi_epi32(a4, a6));
-        let (b6, b7) = (_mm_unpacklo_epi32(a5, a7), _mm_unpackhi_epi32(a5, a7));
-        let cols = [
-            _mm_unpacklo_epi64(b0, b4),
-            _mm_unpackhi_epi64(b0, b4),
-            _mm_unpacklo_epi64(b1, b5),
-            _mm_unpackhi_epi64(b1, b5),
-            _mm_unpacklo_epi64(b2, b6),
-            _mm_unpackhi_epi64(b2, b6),
-            _mm_unpacklo_epi64(b3, b7),
-            _mm_unpackhi_epi64(b3, b7),
-        ];
-        for (k, c) in cols.into_iter().enumerate() {
-            _mm_storeu_si128(dst.add(k * dst_stride) as *mut __m128i, c);
-        }
-    }
-}
-
-/// # Safety
-/// As the x86-64 version.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn transpose8x8_u16(src: *const u8, src_stride: usize, dst: *mut u8, dst_stride: usize) {
-    for i in 0..8 {
-        for j in 0..8 {
-            // SAFETY: inside the 8 rows the caller vouches for.
-            unsafe { std::ptr::copy_nonoverlapping(src.add(i * src_stride + j * 2), dst.add(j * dst_stride + i * 2), 2) };
-        }
-    }
-}
-
-/// Crops `side`×`side` at (y0, x0) from a CHW tensor stored as little-endian `f.dtype`, applies dihedral `d`
-/// (bit 2: transpose, bit 1: vertical flip, bit 0: horizontal flip) and writes f32 into `out`.
-fn transform(bytes: &[u8], f: &Field, (y0, x0, side): (usize, usize, usize), d: u8, out: &mut [f32], fscratch: &mut Vec<f32>) -> Result<(), String> {
-    let [ch, h, w] = f.shape;
-    let es = f.dtype.size_of();
-    if bytes.len() != ch * h * w * es {
-        return Err(format!("{} bytes for shape {:?} {:?}", bytes.len(), f.shape, f.dtype));
-    }
-    if y0 + side > h || x0 + side > w {
-        return Err(format!("crop {side} at ({y0},{x0}) outside {h}x{w}"));
-    }
-    if f.dtype == DType::F16 && cfg!(target_endian = "little") {
-        // SAFETY: u16 has no invalid bit patterns; align_to only yields a middle slice that is aligned.
-        let (pre, mid, _) = unsafe { bytes.align_to::<u16>() };
-        if pre.is_empty() && mid.len() == ch * h * w {
-            transform_f16(mid.reinterpret_cast(), f.shape, (y0, x0, side), d, out, fscratch);
-            return Ok(());
-        }
-    }
-    let (t, fv, fh) = (d & 4 != 0, d & 2 != 0, d & 1 != 0);
-    let s = side as isize;
-    let (a0, ai) = if fv { (s - 1, -1) } else { (0, 1) };
-    let (b0, bj) = if fh { (s - 1, -1) } else { (0, 1) };
-    let wi = w as isize;
-    // Source offset of output (i, j) is base + i*si + j*sj.
-    let (base, si, sj) = if t {
-        ((y0 as isize + b0) * wi + x0 as isize + a0, ai, bj * wi)
-    } else {
-        ((y0 as isize + a0) * wi + x0 as isize + b0, ai * wi, bj)
-    };
-    let norm = f.norm;
-    for c in 0..ch {
-        let plane = (c * h * w) as isize;
-        let o = &mut out[c * side * side..(c + 1) * side * side];
-        for i in 0..side {
-            let row = &mut o[i * side..(i + 1) * side];
-            let mut p = plane + base + i as isize * si;
-            match f.dtype {
-                DType::U8 => {
-                    for v in row.iter_mut() {
-                        *v = bytes[p as usize] as f32 * norm;
-                        p += sj;
-                    }
-                }
-                DType::F16 => {
-                    for v in row.iter_mut() {
-                        let k = 2 * p as usize;
-                        *v = half::f16::from_bits(u16::from_le_bytes([bytes[k], bytes[k + 1]])).to_f32();
-                        p += sj;
-                    }
-                }
-                DType::BF16 => {
-                    for v in row.iter_mut() {
-                        let k = 2 * p as usize;
-                        *v = half::bf16::from_bits(u16::from_le_bytes([bytes[k], bytes[k + 1]])).to_f32();
-                        p += sj;
-                    }
-                }
-                DType::F32 => {
-                    for v in row.iter_mut() {
-                        let k = 4 * p as usize;
-                        *v = f32::from_le_bytes([bytes[k], bytes[k + 1], bytes[k + 2], bytes[k + 3]]);
-                        p += sj;
-                    }
-                }
-                DType::U16 => {
-                    for v in row.iter_mut() {
-                        let k = 2 * p as usize;
-                        *v = u16::from_le_bytes([bytes[k], bytes[k + 1]]) as f32;
-                        p += sj;
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Fast path for f16 (the bulk of a sample): whole rows go through half's SIMD (F16C) slice conversion; a
-/// transposing transform converts the crop into a scratch plane first, then gathers from it (L2-resident).
-fn transform_f16(src: &[half::f16], [ch, h, w]: [usize; 3], (y0, x0, side): (usize, usize, usize), d: u8, out: &mut [f32], scratch: &mut Vec<f32>) {
-    use half::slice::HalfFloatSliceExt;
-    let (t, fv, fh) = (d & 4 != 0, d & 2 != 0, d & 1 != 0);
-    let n = side * side;
-    for c in 0..ch {
-        let plane = &src[c * h * w..(c + 1) * h * w];
-        let o = &mut out[c * n..(c + 1) * n];
-        if !t {
-            for i in 0..side {
-                let r = if fv { side - 1 - i } else { i };
-                let row = &mut o[i * side..(i + 1) * side];
-                let s0 = (y0 + r) * w + x0;
-                plane[s0..s0 + side].convert_to_f32_slice(row);
-                if fh {
-                    row.reverse();
-                }
-            }
-        } else {
-            scratch.resize(n, 0.0);
-            for r in 0..side {
-                let s0 = (y0 + r) * w + x0;
-                plane[s0..s0 + side].convert_to_f32_slice(&mut scratch[r * side..(r + 1) * side]);
-            }
-            // Output (i, j) = crop(y = b, x = a) with a, b the flip-adjusted i, j (see `transform`).
-            for i in 0..side {
-                let a = if fv { side - 1 - i } else { i };
-                let row = &mut o[i * side..(i + 1) * side];
-                for (j, v) in row.iter_mut().enumerate() {
-                    let b = if fh { side - 1 - j } else { j };
-                    *v = scratch[b * side + a];
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The dtype-preserving path (SIMD 8×8 transposes when the side allows) against the f32 path, which
-    /// converts f16 row by row and gathers transposes from a scratch plane: every dihedral, sides with and
-    /// without the SIMD path, an odd crop offset.
-    #[test]
-    fn stored_dtype_transform_matches_f32_transform() -> Result<(), String> {
-        let (ch, h, w) = (3usize, 41usize, 37usize);
-        let vals: Vec<half::f16> = (0..ch * h * w).map(|k| half::f16::from_f32((k % 977) as f32 * 0.25)).collect();
-        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let f = Field { pos: 0, dtype: DType::F16, shape: [ch, h, w], num: 1, den: 1, norm: 1.0, out: Kind::Half };
-        let (mut fs, mut ts) = (Vec::new(), Vec::new());
-        for side in [8usize, 16, 24, 13] {
-            for d in 0..8u8 {
-                let crop = (5, 7, side);
-                let mut want = vec![0f32; ch * side * side];
-                transform(&bytes, &f, crop, d, &mut want, &mut fs)?;
-                let mut got = vec![0u8; ch * side * side * 2];
-                transform_copy::<2>(&bytes, f.shape, crop, d, &mut got, &mut ts)?;
-                let got: Vec<f32> = got.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
-                assert_eq!(got, want, "side {side} dihedral {d}");
-            }
-        }
-        Ok(())
     }
 }

@@ -33,8 +33,7 @@ impl BatchSource for Loader {
         Loader::position(self)
     }
     fn seek(&mut self, pos: LoaderPosition) -> Result<()> {
-        Loader::seek(self, pos);
-        Ok(())
+        Loader::seek(self, pos)
     }
 }
 
@@ -238,18 +237,24 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     let mut tr = Trainer::new(&cfg)?;
     let resumed = if resume { tr.resume(run)? } else { None };
     if let Some(pos) = resumed {
-        loader.seek(pos);
+        loader.seek(pos)?;
     }
     let resume_step = resumed.map(|_| tr.step);
     let mut csv = MetricsCsv::open(run, resume_step)?;
     let mut pq = MetricsParquet::open(run, resume_step)?;
     // The frozen experts run over the full validation images once, here; validations only run the fusion.
     let full_val = if cfg.val_dirs.is_empty() || tr.step >= cfg.steps { None } else { Some(FullImageVal::prepare(&cfg, &cfg.model, &ds)?) };
+    if let Some(v) = full_val.as_ref().filter(|v| !v.skipped.is_empty()) {
+        let lines: String = v.skipped.iter().map(|(p, why)| format!("validation skipped {}: {why}\n", p.display())).collect();
+        append_log(run, &lines)?;
+    }
     let params = crate::model::param_count(&tr.vs);
     let mut last_loss = f64::NAN;
     let mut report: Option<ValReport> = None;
     let t0 = Instant::now();
-    let mut window = (Instant::now(), 0u64, 0usize);
+    // Training time, steps and samples since the last logged row: throughput leaves validation and
+    // checkpoint time out, so full-image validations do not show up as dips in steps/s.
+    let mut window = (0.0f64, 0u64, 0usize);
     let mut total_samples = 0usize;
     while tr.step < cfg.steps {
         let t_step = Instant::now();
@@ -257,6 +262,7 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
         let dt_step = t_step.elapsed().as_secs_f64().max(1e-9);
         last_loss = out.loss;
         total_samples += out.samples;
+        window.0 += dt_step;
         window.1 += 1;
         window.2 += out.samples;
         let last = tr.step == cfg.steps;
@@ -273,15 +279,15 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
             row.val_psnr = r.psnr();
             row.val_ssim = r.ssim();
             row.val_best_expert_psnr = r.best_expert_psnr();
-            append_val_log(run, &r)?;
+            append_log(run, &format!("{r}\n"))?;
             report = Some(r);
         }
         pq.push(Row { steps_per_s: 1.0 / dt_step, samples_per_s: out.samples as f64 / dt_step, ..row.clone() });
         if last || do_val || (cfg.log_every > 0 && tr.step % cfg.log_every == 0) {
-            let dt = window.0.elapsed().as_secs_f64().max(1e-9);
+            let dt = window.0.max(1e-9);
             row.steps_per_s = window.1 as f64 / dt;
             row.samples_per_s = window.2 as f64 / dt;
-            window = (Instant::now(), 0, 0);
+            window = (0.0, 0, 0);
             csv.write(&row)?;
         }
         progress(&row);
@@ -320,10 +326,10 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     })
 }
 
-/// Appends one validation's tables to `<run>/val.log`: the history that val.json (the last one) does not keep.
-fn append_val_log(run: &Path, r: &ValReport) -> Result<()> {
+/// Appends to `<run>/val.log`: every validation's tables (val.json keeps only the last) and skipped images.
+fn append_log(run: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     let path = run.join("val.log");
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
-    writeln!(f, "{r}").map_err(io_err(&path))
+    f.write_all(text.as_bytes()).map_err(io_err(&path))
 }

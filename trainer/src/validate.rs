@@ -182,8 +182,8 @@ pub struct FullImageVal {
     dirs: Vec<ValDir>,
     experts: Vec<String>,
     scale: u32,
-    /// LR images skipped while scanning (unpaired HR, or an LR of the wrong size): (file, reason).
-    pub skipped: Vec<(PathBuf, String)>,
+    /// Images left out (unpaired HR, undecodable, or an LR of the wrong size): (file, reason).
+    pub skipped: Skipped,
 }
 
 fn metrics_of(x: &image::RgbImage, hr: &image::RgbImage, crop: usize) -> (f64, f64) {
@@ -215,8 +215,14 @@ impl FullImageVal {
             let mut images = Vec::new();
             let mut fixed = Vec::new();
             for entry in &entries {
-                let img = srcache_ingest::prepare_image(entry, scale)
-                    .map_err(|e| TrainerError::Image { path: entry.hr.clone(), why: e.to_string() })?;
+                // As `srcache eval` does: an image that cannot be used is reported and left out.
+                let img = match srcache_ingest::prepare_image(entry, scale) {
+                    Ok(img) => img,
+                    Err(e) => {
+                        skipped.push((entry.hr.clone(), e.to_string()));
+                        continue;
+                    }
+                };
                 let lr = fullimage::image_to_tensor(&img.lr, tch::Device::Cpu)?;
                 let outs = fullimage::run_experts(&experts, &lr, tiling, &want)?;
                 let mut m = Vec::with_capacity(experts.len() + 1);
@@ -272,8 +278,11 @@ impl FullImageVal {
     }
 }
 
+/// (file, reason) of images left out of validation.
+type Skipped = Vec<(PathBuf, String)>;
+
 /// The images of one benchmark folder, first `max` by name (0 = all), plus the ones that could not be paired.
-fn scan_dir(dir: &Path, scale: u32, max: usize) -> Result<(Vec<srcache_ingest::ImageEntry>, Vec<(PathBuf, String)>)> {
+fn scan_dir(dir: &Path, scale: u32, max: usize) -> Result<(Vec<srcache_ingest::ImageEntry>, Skipped)> {
     let hr_dir = if dir.join("HR").is_dir() { dir.join("HR") } else { dir.to_path_buf() };
     let lr_dir = dir.join(format!("LR_bicubic/X{scale}"));
     let cfg = srcache_ingest::ScanConfig { hr_dir, lr_dir: lr_dir.is_dir().then_some(lr_dir), scale };

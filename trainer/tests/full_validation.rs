@@ -1,6 +1,7 @@
 //! Full-image validation during training, metrics.parquet and curves.png, on a real cache: the built-in
 //! experts over patches of a real photo, validated on other real photos in benchmark layout (one folder with
 //! LR_bicubic/X4, one without, where MATLAB bicubic makes the LR).
+#![allow(clippy::field_reassign_with_default)] // a test config reads best as one setting per line
 
 use arrow_array::{Array, Float64Array, UInt64Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
