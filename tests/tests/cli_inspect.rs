@@ -266,3 +266,33 @@ print("python ok", n0)
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("python ok"));
 }
+
+#[test]
+fn ingest_patches_skips_bad_files_lists_them_in_the_manifest_and_fails_in_strict_mode() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let hr = tmp.path().join("HR");
+    std::fs::create_dir_all(&hr).expect("mkdir");
+    for p in PHOTOS {
+        std::fs::copy(photos_dir().join(p), hr.join(p)).expect("copy photo");
+    }
+    let bytes = std::fs::read(photos_dir().join("chelsea.png")).expect("read");
+    std::fs::write(hr.join("broken.png"), &bytes[..bytes.len() / 4]).expect("truncate");
+    let out = tmp.path().join("patches");
+    let (hr_s, out_s) = (hr.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    let o = srcache(&["ingest", "patches", "--hr", hr_s, "--out", out_s, "--patch", "32", "--stride", "32", "--codec", "raw"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("broken.png") && text(&o).contains("cannot decode"), "{}", text(&o));
+    let o = srcache(&["inspect", out_s]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("1 input file(s) skipped") && t.contains("broken.png"), "{t}");
+    assert!(t.contains("raw"), "{t}");
+    // Verify reads every checksum of what was written.
+    let o = srcache(&["verify", out_s]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let strict_out = tmp.path().join("strict");
+    let o = srcache(&["ingest", "patches", "--hr", hr_s, "--out", strict_out.to_str().expect("utf8"), "--strict"]);
+    assert!(!o.status.success(), "strict run should fail");
+    assert!(text(&o).contains("broken.png"), "{}", text(&o));
+}

@@ -118,7 +118,9 @@ fn report_skipped(skipped: &[srcache_ingest::Skipped]) {
     if !skipped.is_empty() {
         eprintln!("skipped {} file(s):", skipped.len());
         for s in skipped {
-            eprintln!("  {}: {}", s.path.display(), s.reason);
+            // Reasons usually name the file already.
+            let path = s.path.display().to_string();
+            if s.reason.contains(&path) { eprintln!("  {}", s.reason) } else { eprintln!("  {path}: {}", s.reason) }
         }
     }
 }

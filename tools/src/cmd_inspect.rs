@@ -50,6 +50,8 @@ struct Report {
     tensors: Vec<TensorReport>,
     shards: Vec<ShardReport>,
     file_bytes: u64,
+    /// Input files the producer skipped, from the manifest's metadata (`{path, reason}` objects).
+    skipped: Vec<serde_json::Value>,
 }
 
 /// `shard-*.srs` files of `dir`, sorted by name; a single file path is returned as itself.
@@ -118,7 +120,13 @@ pub fn run(args: Args) -> Result<()> {
         t.ratio = if t.stored_bytes > 0 { t.raw_bytes as f64 / t.stored_bytes as f64 } else { 0.0 };
     }
     let file_bytes = shards.iter().map(|s| s.file_bytes).sum();
-    let report = Report { path: args.path.clone(), samples, attrs, tensors, shards, file_bytes };
+    let manifest = srcache_formats::Manifest::path_in(&args.path);
+    let skipped = match srcache_formats::Manifest::read_metadata(&manifest) {
+        Ok(kv) => kv.get(srcache_formats::SKIPPED_KEY).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default(),
+        // A single shard file, or a dataset without a readable manifest (`verify` reports that one).
+        Err(_) => Vec::new(),
+    };
+    let report = Report { path: args.path.clone(), samples, attrs, tensors, shards, file_bytes, skipped };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -177,5 +185,15 @@ fn print_text(r: &Report) {
     println!();
     for s in &r.shards {
         println!("{:<40} {:>7} samples {:>11}", s.path.display(), s.samples, human_bytes(s.file_bytes));
+    }
+    if !r.skipped.is_empty() {
+        println!();
+        println!("{} input file(s) skipped when the dataset was made:", r.skipped.len());
+        for k in &r.skipped {
+            let field = |name: &str| k.get(name).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+            let (path, reason) = (field("path"), field("reason"));
+            // Reasons usually name the file already.
+            if reason.contains(&path) { println!("  {reason}") } else { println!("  {path}: {reason}") }
+        }
     }
 }

@@ -272,7 +272,9 @@ pub fn plot(rows: &[Row], png: &Path) -> Result<()> {
     let loss: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, r.loss)).filter(|p| p.1.is_finite() && p.1 > 0.0).collect();
     let (lo, hi) = loss.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
     let log_y = !loss.is_empty() && hi / lo > 10.0;
-    let smoothed = smooth(&loss, (loss.len() as f64 / 25.0).clamp(1.0, 200.0));
+    // About 4% of the run, but at least 2 steps once there are enough to smooth: short runs get a visible trend.
+    let span = if loss.len() < 10 { 1.0 } else { (loss.len() as f64 / 25.0).clamp(2.0, 200.0) };
+    let smoothed = smooth(&loss, span);
     let blue = SERIES_COLORS[0];
     let loss_panel = Panel {
         title: "training loss".into(),
