@@ -92,13 +92,17 @@ pub fn run(a: BenchFormatsArgs) -> Result<()> {
         }
     }
 
-    let (mmap_gbs, view_gbs, memcpy_gbs) = raw_read_vs_memcpy(&dir, &sr_f16)?;
+    let (mmap_gbs, reread_gbs, view_gbs, memcpy_gbs) = raw_read_vs_memcpy(&dir, &sr_f16)?;
     println!(
         "\nraw read from an mmapped shard (checksum + copy out, decode_into): {mmap_gbs:.2} GB/s; plain memcpy of the same bytes: \
          {memcpy_gbs:.2} GB/s; memcpy/read = {:.2}x",
         memcpy_gbs / mmap_gbs
     );
     println!("zero-copy raw view from the map (checksum only, TensorView::raw): {view_gbs:.2} GB/s = {:.2}x memcpy", view_gbs / memcpy_gbs);
+    println!(
+        "repeat read (checksum already verified through this Shard, copy out): {reread_gbs:.2} GB/s; memcpy/read = {:.2}x",
+        memcpy_gbs / reread_gbs
+    );
 
     let base = baseline(&dir, &samples, a.channels)?;
     let ours = srcache_sample(&dir, &samples, a.channels)?;
@@ -122,12 +126,14 @@ pub fn run(a: BenchFormatsArgs) -> Result<()> {
     println!("\nbars:");
     println!("  [{}] lossless storage >= 2.5x smaller per sample than fp32 baseline: {ratio:.2}x", bar(ratio >= 2.5));
     println!("  [{}] shuffle_zstd(1) f16 decode >= 1 GB/s per core: {shuffle_decode:.2} GB/s (slowest content)", bar(shuffle_decode >= 1.0));
-    let slow = memcpy_gbs / mmap_gbs;
+    let (slow, slow_again) = (memcpy_gbs / mmap_gbs, memcpy_gbs / reread_gbs);
     println!(
-        "  [{}] raw read within ~2x of memcpy: memcpy is {slow:.2}x the mmapped copy-out read (zero-copy view: {:.2}x memcpy speed)",
+        "  [{}] raw read within ~2x of memcpy, first read with checksum verification: memcpy is {slow:.2}x the mmapped copy-out read \
+         (zero-copy view: {:.2}x memcpy speed)",
         bar(slow <= 2.0),
         view_gbs / memcpy_gbs
     );
+    println!("  [{}] raw read within ~2x of memcpy, repeat read (already verified): memcpy is {slow_again:.2}x the read", bar(slow_again <= 2.0));
     println!("total {:.1}s", t0.elapsed().as_secs_f64());
     Ok(())
 }
@@ -274,7 +280,7 @@ fn codec_speed(spec: &TensorSpec, data: &[Vec<u8>]) -> Result<CodecSpeed> {
 }
 
 /// Raw f16 sr tensors in a shard, read out through the map (checksum verified) vs memcpy from the heap.
-fn raw_read_vs_memcpy(dir: &Path, sr: &[Vec<u8>]) -> Result<(f64, f64, f64)> {
+fn raw_read_vs_memcpy(dir: &Path, sr: &[Vec<u8>]) -> Result<(f64, f64, f64, f64)> {
     let path = dir.join("bench_raw.srs");
     let schema = Schema::new(vec![TensorSpec::new("sr", DType::F16, &[3, HR, HR], Codec::Raw)]);
     let mut w = ShardWriter::try_new(&path, schema)?;
@@ -282,10 +288,20 @@ fn raw_read_vs_memcpy(dir: &Path, sr: &[Vec<u8>]) -> Result<(f64, f64, f64)> {
         w.write(&SampleMeta { id: format!("s{i}"), ..Default::default() }, &[d])?;
     }
     w.finish()?;
-    let shard = Shard::open(&path)?;
     let mut out = vec![0u8; sr[0].len()];
     let gb = sr.iter().map(Vec::len).sum::<usize>() as f64 / 1e9;
+    // A payload's checksum is verified on its first read through an open Shard, so the first-read figures
+    // reopen the shard every pass (the map and index parse are a few µs); repeat reads reuse one Shard.
     let read = passes_per_s(|| {
+        let shard = Shard::open(&path)?;
+        for i in 0..shard.len() {
+            shard.tensor_at(i, 0)?.decode_into(&mut out)?;
+            std::hint::black_box(&out);
+        }
+        Ok(())
+    })?;
+    let shard = Shard::open(&path)?;
+    let reread = passes_per_s(|| {
         for i in 0..shard.len() {
             shard.tensor_at(i, 0)?.decode_into(&mut out)?;
             std::hint::black_box(&out);
@@ -294,6 +310,7 @@ fn raw_read_vs_memcpy(dir: &Path, sr: &[Vec<u8>]) -> Result<(f64, f64, f64)> {
     })?;
     // The zero-copy path a reader of raw tensors can take instead: checksum over the mapped bytes, no copy.
     let view = passes_per_s(|| {
+        let shard = Shard::open(&path)?;
         for i in 0..shard.len() {
             let bytes = shard.tensor_at(i, 0)?.raw()?.ok_or_else(|| anyhow!("raw tensor has no zero-copy view"))?;
             std::hint::black_box(bytes);
@@ -308,7 +325,7 @@ fn raw_read_vs_memcpy(dir: &Path, sr: &[Vec<u8>]) -> Result<(f64, f64, f64)> {
         Ok(())
     })?;
     let _ = std::fs::remove_file(&path);
-    Ok((read * gb, view * gb, copy * gb))
+    Ok((read * gb, reread * gb, view * gb, copy * gb))
 }
 
 struct Storage {

@@ -87,7 +87,9 @@ fn cache_config(train: &Path, out: &Path, scale: u32) -> CacheConfig {
 }
 
 fn train_config(steps: u64, scale: u32, bench: &Path) -> TrainConfig {
-    let mut cfg = TrainConfig { steps, device: "cpu".into(), val_every: steps.max(1), ckpt_every: steps.max(1), log_every: 10, ..Default::default() };
+    // Six validations, so curves.png shows the fused PSNR climbing past the best expert (each costs ~1 s).
+    let val_every = (steps / 6).max(1);
+    let mut cfg = TrainConfig { steps, device: "cpu".into(), val_every, ckpt_every: steps.max(1), log_every: 10, ..Default::default() };
     // Validate on the held-out photos at full size too: that is the number the final table reports.
     cfg.val_dirs = vec![bench.to_path_buf()];
     // Same tiles as step 4's evaluation, so val.json and the final table agree.
