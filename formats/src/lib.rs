@@ -20,7 +20,7 @@ mod error;
 mod manifest;
 mod shard;
 
-pub use codec::{decode_payload, encode, EncodedTensor};
+pub use codec::{decode_payload, encode, encode_owned, EncodedTensor};
 pub use dataset::{shard_file_name, Dataset, DatasetOptions, DatasetSummary, DatasetWriter, Resume};
 pub use error::{FormatError, Problem, Result};
 pub use manifest::{Manifest, ManifestRow, MANIFEST_FILE, SKIPPED_KEY};

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 use srcache_formats::{
-    encode, Codec, DType, DatasetOptions, DatasetSummary, DatasetWriter, EncodedTensor, SampleMeta, Schema, TensorSpec,
+    encode_owned, Codec, DType, DatasetOptions, DatasetSummary, DatasetWriter, EncodedTensor, SampleMeta, Schema, TensorSpec,
     SKIPPED_KEY,
 };
 
@@ -109,7 +109,7 @@ fn encode_sample(schema: &Schema, s: &PatchSample) -> Result<(SampleMeta, Vec<En
         psnr: Default::default(),
     };
     let enc = |i: usize, img: &image::RgbImage| {
-        encode(&schema.tensors[i], &to_chw(img)).map_err(|e| IngestError::Write { path: s.source.clone().into(), reason: e.to_string() })
+        encode_owned(&schema.tensors[i], to_chw(img)).map_err(|e| IngestError::Write { path: s.source.clone().into(), reason: e.to_string() })
     };
     Ok((meta, vec![enc(0, &s.lr)?, enc(1, &s.hr)?]))
 }

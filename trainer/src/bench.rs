@@ -239,9 +239,7 @@ pub fn run(cfg: &LoaderBenchConfig, log: &mut dyn FnMut(&str)) -> Result<LoaderB
     tch::set_num_threads(threads);
 
     // Training step time: default fusion model, fed by the loader vs by the same batches held in memory.
-    let mut tc = TrainConfig::default();
-    tc.device = "cpu".into();
-    tc.steps = cfg.train_steps as u64 + 2;
+    let mut tc = TrainConfig { device: "cpu".into(), steps: cfg.train_steps as u64 + 2, ..Default::default() };
     let lc = LoaderConfig { batch_size: 2, crop: Some(32), workers: 1, prefetch: 2, ..Default::default() };
     let mut loader = Loader::new(ds.clone(), (0..ds.len()).collect(), &lc, LoaderPosition::default())?;
     tc.model.experts = loader.experts.clone();

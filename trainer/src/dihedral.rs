@@ -77,6 +77,7 @@ pub(crate) fn transform_copy<const N: usize>(bytes: &[u8], shape: [usize; 3], cr
 }
 
 /// Crops and transforms a CHW tensor stored as little-endian `dtype` into f32 (u8 times `norm`).
+#[allow(clippy::too_many_arguments, reason = "the hot per-tensor call; a struct would only rename the same values")]
 pub(crate) fn transform_f32(bytes: &[u8], dtype: DType, shape: [usize; 3], norm: f32, crop: Crop, d: u8, out: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), String> {
     let [ch, h, w] = shape;
     let (y0, x0, side) = crop;

@@ -181,7 +181,7 @@ impl Loader {
             }
         }
         let crop = cfg.crop.map(|c| c as usize).unwrap_or(h.min(w));
-        if crop == 0 || crop > h.min(w) || crop % align != 0 {
+        if crop == 0 || crop > h.min(w) || !crop.is_multiple_of(align) {
             return Err(bad(format!("crop {crop} must be in 1..={} and a multiple of {align}", h.min(w))));
         }
         let plan = Arc::new(Plan { lr, hr, sr, feat, h, w, crop, align });
