@@ -72,7 +72,7 @@ pub struct LoaderPosition {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct Field {
+struct Field {
     pos: usize,
     dtype: DType,
     shape: [usize; 3],
