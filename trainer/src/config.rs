@@ -121,6 +121,11 @@ pub struct LoaderConfig {
     /// Deliver u8/f16/bf16 tensors as stored and convert on the device (`Batch::to_device`): half the bytes
     /// to assemble and transfer. Off = the workers convert to f32 on the CPU.
     pub stored_dtype: bool,
+    /// Workers copy finished batches into pinned (page-locked) host memory for this CUDA device, so the
+    /// training thread's host-to-device copy is a non-blocking DMA (PyTorch's `pin_memory=True`). Set by the
+    /// trainer when it trains on CUDA; not part of the saved config.
+    #[serde(skip)]
+    pub pin_device: Option<tch::Device>,
 }
 
 impl Default for LoaderConfig {
@@ -136,6 +141,7 @@ impl Default for LoaderConfig {
             experts: Vec::new(),
             load_feats: true,
             stored_dtype: true,
+            pin_device: None,
         }
     }
 }

@@ -39,8 +39,10 @@ impl Batch {
             let t = if device == Device::Cpu {
                 t.shallow_clone()
             } else {
-                // Pinned host memory lets the copy overlap with compute; the copy moves the stored dtype.
-                t.f_pin_memory(device)?.f_to_device_(device, t.kind(), true, false).ctx("batch to device")?
+                // Pinned host memory lets the copy overlap with compute (the loader's workers pin when told the
+                // device; pinning here costs the training thread a host copy); the copy moves the stored dtype.
+                let host = if t.f_is_pinned(device)? { t.shallow_clone() } else { t.f_pin_memory(device)? };
+                host.f_to_device_(device, t.kind(), true, false).ctx("batch to device")?
             };
             match t.kind() {
                 Kind::Float => Ok(t),
@@ -376,6 +378,19 @@ impl Job {
                 done.map_err(|why| TrainerError::Sample { sample: global as u64, tensor: self.ds.schema().map(|s| s.tensors[f.pos].name.clone()).unwrap_or_default(), why })?;
             }
         }
-        Ok(Batch { lr, hr, sr, feat, indices })
+        let batch = Batch { lr, hr, sr, feat, indices };
+        match self.cfg.pin_device {
+            Some(dev) if dev.is_cuda() => {
+                let pin = |t: &Tensor| t.f_pin_memory(dev).ctx("pin batch");
+                Ok(Batch {
+                    lr: pin(&batch.lr)?,
+                    hr: pin(&batch.hr)?,
+                    sr: batch.sr.iter().map(pin).collect::<Result<_>>()?,
+                    feat: batch.feat.iter().map(pin).collect::<Result<_>>()?,
+                    indices: batch.indices,
+                })
+            }
+            _ => Ok(batch),
+        }
     }
 }

@@ -225,7 +225,11 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     let ds = Arc::new(Dataset::open(data)?);
     let mut cfg = cfg.clone();
     let (train_idx, val_idx) = split_by_source(&ds, cfg.val_fraction, cfg.seed);
-    let mut loader = Loader::new(ds.clone(), train_idx, &cfg.loader, LoaderPosition::default())?;
+    let mut lcfg = cfg.loader.clone();
+    if cfg.device().is_cuda() {
+        lcfg.pin_device = Some(cfg.device());
+    }
+    let mut loader = Loader::new(ds.clone(), train_idx, &lcfg, LoaderPosition::default())?;
     cfg.model.experts = loader.experts.clone();
     cfg.model.feat_channels = loader.feat_channels.clone();
     let scale = ds.schema().and_then(|s| s.attrs.get("scale")).and_then(|v| v.parse().ok());

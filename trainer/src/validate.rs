@@ -129,6 +129,8 @@ pub fn held_out(model: &FusionNet, ds: &Arc<Dataset>, val_idx: &[usize], cfg: &T
         experts: model.cfg.experts.clone(),
         load_feats: cfg.loader.load_feats,
         stored_dtype: cfg.loader.stored_dtype,
+        // A few batches per validation: pinning would cost more than the copies it speeds up.
+        pin_device: None,
     };
     let mut loader = Loader::new(ds.clone(), val_idx.to_vec(), &lc, LoaderPosition::default())?;
     let scale = model.cfg.scale as usize;
