@@ -204,22 +204,17 @@ fn clone_batch(b: &Batch) -> Batch {
 pub fn run(cfg: &LoaderBenchConfig, log: &mut dyn FnMut(&str)) -> Result<LoaderBenchReport> {
     log(&format!("writing {} samples (shards + fp32 archives) under {}", cfg.samples, cfg.dir.display()));
     let (shards, archives) = write_realistic(cfg)?;
-    // First epoch through a freshly opened dataset: every payload's checksum is verified on this first read
-    // (later epochs re-read verified payloads, which is what the timed rounds below measure).
-    let threads0 = tch::get_num_threads();
-    tch::set_num_threads(1);
-    let fresh = Arc::new(Dataset::open(&shards)?);
-    let epoch_batches = (fresh.len() / cfg.batch_size).max(1);
-    let (t_first, _) = loader_run(&fresh, cfg, epoch_batches, true)?;
-    let first_epoch_samples_s = (epoch_batches * cfg.batch_size) as f64 / t_first;
-    drop(fresh);
-    tch::set_num_threads(threads0);
     let ds = Arc::new(Dataset::open(&shards)?);
     let stored: u64 = ds.manifest().iter().map(|r| r.bytes).sum();
     // Data-loading workers run torch single-threaded (as PyTorch's DataLoader workers do): otherwise OpenMP's
     // spinning intra-op threads steal the 2 cores from the workers on both sides.
     let threads = tch::get_num_threads();
     tch::set_num_threads(1);
+    // First epoch of the just-opened dataset: every payload's checksum is verified on this first read (later
+    // epochs re-read verified payloads, which is what the timed rounds below measure).
+    let epoch_batches = (ds.len() / cfg.batch_size).max(1);
+    let (t_first, _) = loader_run(&ds, cfg, epoch_batches, true)?;
+    let first_epoch_samples_s = (epoch_batches * cfg.batch_size) as f64 / t_first;
     // Warm every path once (page cache, allocator) before timing; then best of 3 rounds, interleaved so a
     // noisy neighbour on the VM hits all sides alike.
     loader_run(&ds, cfg, 2, true)?;

@@ -28,11 +28,27 @@ fn src_row(i: usize, side: usize, fv: bool) -> usize {
     if fv { side - 1 - i } else { i }
 }
 
+/// The rows of one plane that the output rows are read from, as (rows, row stride, (y, x) offset): the crop
+/// in place, or for a transposing transform its transpose written into `tr` (SIMD blocks when the side allows).
+/// Output row i is then `rows[(off.0 + src_row(i)) * stride + off.1..][..side]`, reversed for a horizontal flip.
+fn oriented<'a, const N: usize>(plane: &'a [[u8; N]], w: usize, crop: Crop, transpose: bool, tr: &'a mut Vec<u8>) -> (&'a [[u8; N]], usize, (usize, usize)) {
+    let (y0, x0, side) = crop;
+    if !transpose {
+        return (plane, w, (y0, x0));
+    }
+    tr.resize(side * side * N, 0);
+    let (tt, _) = tr.as_chunks_mut::<N>();
+    if !transpose_crop::<N>(plane, w, crop, tt) {
+        transpose_scalar(plane, w, crop, tt);
+    }
+    (tt, side, (0, 0))
+}
+
 /// Crops and transforms a CHW tensor of `N`-byte elements (N = 1 or 2) without changing the dtype.
 pub(crate) fn transform_copy<const N: usize>(bytes: &[u8], shape: [usize; 3], crop: Crop, d: u8, out: &mut [u8], scratch: &mut Vec<u8>) -> Result<(), String> {
     check(bytes.len(), shape, N, crop)?;
     let [ch, h, w] = shape;
-    let (y0, x0, side) = crop;
+    let side = crop.2;
     let (src, _) = bytes.as_chunks::<N>();
     let (dst, _) = out.as_chunks_mut::<N>();
     if dst.len() != ch * side * side {
@@ -41,36 +57,11 @@ pub(crate) fn transform_copy<const N: usize>(bytes: &[u8], shape: [usize; 3], cr
     let (t, fv, fh) = (d & 4 != 0, d & 2 != 0, d & 1 != 0);
     let n = side * side;
     for c in 0..ch {
-        let plane = &src[c * h * w..(c + 1) * h * w];
+        let (rows, stride, off) = oriented::<N>(&src[c * h * w..(c + 1) * h * w], w, crop, t, scratch);
         let o = &mut dst[c * n..(c + 1) * n];
-        if !t {
-            for i in 0..side {
-                let s0 = (y0 + src_row(i, side, fv)) * w + x0;
-                copy_row::<N>(&plane[s0..s0 + side], &mut o[i * side..(i + 1) * side], fh);
-            }
-            continue;
-        }
-        scratch.resize(n * N, 0);
-        let (tr, _) = scratch.as_chunks_mut::<N>();
-        if transpose_crop::<N>(plane, w, crop, tr) {
-            for i in 0..side {
-                let a = src_row(i, side, fv);
-                copy_row::<N>(&tr[a * side..(a + 1) * side], &mut o[i * side..(i + 1) * side], fh);
-            }
-        } else {
-            // Sides without a whole number of SIMD blocks: gather in cache-sized blocks.
-            const B: usize = 16;
-            for bi in (0..side).step_by(B) {
-                for bj in (0..side).step_by(B) {
-                    for i in bi..(bi + B).min(side) {
-                        let a = src_row(i, side, fv);
-                        for j in bj..(bj + B).min(side) {
-                            let b = src_row(j, side, fh);
-                            o[i * side + j] = plane[(y0 + b) * w + x0 + a];
-                        }
-                    }
-                }
-            }
+        for i in 0..side {
+            let s0 = (off.0 + src_row(i, side, fv)) * stride + off.1;
+            copy_row::<N>(&rows[s0..s0 + side], &mut o[i * side..(i + 1) * side], fh);
         }
     }
     Ok(())
@@ -90,20 +81,9 @@ pub(crate) fn transform_f32(bytes: &[u8], dtype: DType, shape: [usize; 3], norm:
     if dtype == DType::F16 && cfg!(target_endian = "little") {
         // Transpose (if any) in the stored dtype, then whole rows through half's SIMD (F16C) conversion.
         let (src, _) = bytes.as_chunks::<2>();
-        let mut tr = std::mem::take(scratch);
         for c in 0..ch {
-            let plane = &src[c * h * w..(c + 1) * h * w];
+            let (rows, stride, off) = oriented::<2>(&src[c * h * w..(c + 1) * h * w], w, crop, t, scratch);
             let o = &mut out[c * n..(c + 1) * n];
-            let (rows, stride, off): (&[[u8; 2]], usize, (usize, usize)) = if t {
-                tr.resize(n * 2, 0);
-                let (tt, _) = tr.as_chunks_mut::<2>();
-                if !transpose_crop::<2>(plane, w, crop, tt) {
-                    transpose_scalar(plane, w, crop, tt);
-                }
-                (tt, side, (0, 0))
-            } else {
-                (plane, w, (y0, x0))
-            };
             for i in 0..side {
                 let s0 = (off.0 + src_row(i, side, fv)) * stride + off.1;
                 let row = &mut o[i * side..(i + 1) * side];
@@ -114,7 +94,6 @@ pub(crate) fn transform_f32(bytes: &[u8], dtype: DType, shape: [usize; 3], norm:
                 }
             }
         }
-        *scratch = tr;
         return Ok(());
     }
     let es = dtype.size_of();
