@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use srcache_formats::{Codec, DType};
 
 use crate::error::{CacheError, Result};
-use crate::expert::{Builtin, ExpertSource};
+use srcache_experts::{Builtin, ExpertSource};
 
 /// File name of the config saved next to the shards; a rerun must match it.
 pub const CONFIG_FILE: &str = "cache.toml";
@@ -198,8 +198,8 @@ impl CacheConfig {
         }
         for (i, e) in self.experts.iter().enumerate() {
             e.source()?;
-            if e.name.is_empty() || e.name.contains('/') {
-                return bad(format!("expert #{i}: name {:?} must be non-empty and contain no '/'", e.name));
+            if let Err(why) = srcache_experts::check_name(&e.name) {
+                return bad(format!("expert #{i}: {why}"));
             }
             if self.experts[..i].iter().any(|o| o.name == e.name) {
                 return bad(format!("duplicate expert name {:?}", e.name));

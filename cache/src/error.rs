@@ -1,30 +1,28 @@
-//! Errors of the cache stage. Every variant names what it is about (expert, file, sample).
+//! Errors of the cache stage. Every variant names what it is about (expert, file, sample); causes are kept
+//! as `source`.
 
 use std::path::PathBuf;
 
+use srcache_experts::{ExpertError, TorchFailure};
 use thiserror::Error;
 
 pub type Result<T, E = CacheError> = std::result::Result<T, E>;
 
 #[derive(Debug, Error)]
 pub enum CacheError {
-    #[error("expert {name}: cannot load {path}: {reason}")]
-    ExpertLoad { name: String, path: PathBuf, reason: String },
-    #[error("expert {name}: {source_desc} upscales by {got}x but the run's scale is {expected}x")]
-    ScaleMismatch { name: String, source_desc: String, expected: u32, got: u32 },
-    #[error("expert {name}: {what}")]
-    Expert { name: String, what: String },
-    #[error("torch error in {context}: {source}")]
+    #[error(transparent)]
+    Expert(#[from] ExpertError),
+    #[error("{context}")]
     Torch {
         context: String,
         #[source]
-        source: tch::TchError,
+        source: TorchFailure,
     },
     #[error("config: {what}")]
     Config { what: String },
     #[error("{path}: {what}")]
     ConfigFile { path: PathBuf, what: String },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -32,22 +30,28 @@ pub enum CacheError {
     },
     #[error(transparent)]
     Format(#[from] srcache_formats::FormatError),
-    #[error("ingest: {what}")]
-    Ingest { what: String },
+    #[error(transparent)]
+    Ingest(#[from] srcache_ingest::IngestError),
     #[error("sample {sample}: {what}")]
     Sample { sample: String, what: String },
+    #[error("sample {sample}")]
+    Encode {
+        sample: String,
+        #[source]
+        source: srcache_formats::FormatError,
+    },
     #[error("pipeline: {what}")]
     Pipeline { what: String },
+    #[error("{out}: {what}")]
+    Refused { out: PathBuf, what: String },
 }
 
 impl CacheError {
-    /// Whether this is a CUDA out-of-memory error (libtorch reports it only as text).
+    /// Whether this is an out-of-memory error (libtorch reports it only as text).
     pub fn is_oom(&self) -> bool {
         match self {
-            CacheError::Torch { source, .. } => {
-                let s = source.to_string();
-                s.contains("out of memory") || s.contains("CUDA_ERROR_OUT_OF_MEMORY")
-            }
+            CacheError::Torch { source, .. } => source.is_oom(),
+            CacheError::Expert(e) => e.is_oom(),
             _ => false,
         }
     }
@@ -56,5 +60,5 @@ impl CacheError {
 /// `map_err` helper: wraps a TchError with context.
 pub(crate) fn torch(context: impl Into<String>) -> impl FnOnce(tch::TchError) -> CacheError {
     let context = context.into();
-    move |source| CacheError::Torch { context, source }
+    move |e| CacheError::Torch { context, source: TorchFailure(e) }
 }

@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::CacheConfig;
 use crate::error::Result;
-use crate::expert::Expert;
+use srcache_experts::Expert;
 
 pub(crate) struct ExpertLayout {
     pub name: String,

@@ -16,14 +16,13 @@ use tch::Device;
 
 mod config;
 mod error;
-pub mod expert;
 mod layout;
 mod pipeline;
 mod source;
 
 pub use config::{CacheConfig, ExpertConfig, InputConfig, Placement, CONFIG_FILE, DONE_FILE};
 pub use error::{CacheError, Result};
-pub use expert::{parse_devices, Builtin, Expert, ExpertSource, Probe};
+pub use srcache_experts::{parse_devices, Builtin, Expert, ExpertSource, Probe};
 
 use layout::Layout;
 pub use pipeline::PSNR_CAP;
@@ -113,9 +112,7 @@ fn check_or_save_config(cfg: &CacheConfig) -> Result<()> {
         }
         return Ok(());
     }
-    let tmp = cfg.out.join(format!("{CONFIG_FILE}.tmp"));
-    std::fs::write(&tmp, cfg.to_toml()?).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))
+    Ok(srcache_formats::write_atomic(&path, cfg.to_toml()?.as_bytes())?)
 }
 
 /// Builds the device groups: data parallel = every device runs every expert; expert split = each expert on
@@ -159,6 +156,26 @@ fn shard_bytes(dir: &Path) -> Result<(u64, u64)> {
     Ok((n, bytes))
 }
 
+/// Files a cache run writes into its output directory besides the dataset's shards and manifest.
+pub const SIDECARS: [&str; 2] = [CONFIG_FILE, DONE_FILE];
+
+/// Removes a cache directory's own files (shards, manifest, sidecars, temporary files, `parts/`) and the
+/// directory if that leaves it empty. Refuses a directory holding anything else.
+pub fn remove_cache(dir: &Path) -> Result<()> {
+    if srcache_formats::check_output_dir(dir, &SIDECARS)? == srcache_formats::DirState::Missing {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let p = entry.map_err(io(dir))?.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        } else {
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+    }
+    std::fs::remove_dir(dir).map_err(io(dir))
+}
+
 /// Runs (or resumes, or recognises as done) a cache run.
 pub fn run(cfg: &CacheConfig, progress: &dyn Progress) -> Result<CacheSummary> {
     let t_start = Instant::now();
@@ -183,7 +200,7 @@ pub fn run(cfg: &CacheConfig, progress: &dyn Progress) -> Result<CacheSummary> {
         let mut v = Vec::with_capacity(g.experts.len());
         for &i in &g.experts {
             let e = &cfg.experts[i];
-            v.push(Expert::load_probed(&e.name, &e.source()?, cfg.input.scale, g.device, cfg.input.patch as usize)?);
+            v.push(Expert::load(&e.name, &e.source()?, cfg.input.scale, g.device, cfg.input.patch as usize)?);
         }
         loaded.push(v);
     }
@@ -255,9 +272,7 @@ pub fn run(cfg: &CacheConfig, progress: &dyn Progress) -> Result<CacheSummary> {
     };
     let json = serde_json::to_string_pretty(&summary)
         .map_err(|e| CacheError::Pipeline { what: format!("serialise summary: {e}") })?;
-    let tmp = cfg.out.join(format!("{DONE_FILE}.tmp"));
-    std::fs::write(&tmp, json).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &done_path).map_err(io(&done_path))?;
+    srcache_formats::write_atomic(&done_path, json.as_bytes())?;
     Ok(summary)
 }
 
@@ -277,7 +292,7 @@ fn forward_only_inner(cfg: &CacheConfig, device: Device, batches: usize) -> Resu
     let p = cfg.input.patch as i64;
     let mut experts = Vec::new();
     for e in &cfg.experts {
-        experts.push(Expert::load_probed(&e.name, &e.source()?, cfg.input.scale, device, p as usize)?);
+        experts.push(Expert::load(&e.name, &e.source()?, cfg.input.scale, device, p as usize)?);
     }
     // The same real patches the pipeline sees, not noise: some kernels' speed depends on the data
     // (denormals in random-weight nets), so a fair baseline must run on the same inputs.
@@ -309,7 +324,7 @@ fn forward_only_inner(cfg: &CacheConfig, device: Device, batches: usize) -> Resu
     // The stream's decode workers run ahead in the background: stop them before timing.
     drop(stream);
     let Some(first) = inputs.first() else {
-        return Err(CacheError::Ingest { what: "no samples to benchmark on".into() });
+        return Err(CacheError::Pipeline { what: "no samples to benchmark on".into() });
     };
     for e in &experts {
         let _warm = e.forward(first)?;

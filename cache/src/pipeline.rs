@@ -16,7 +16,7 @@ use srcache_formats::{encode, DatasetWriter, EncodedTensor, SampleMeta, Schema};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{torch, CacheError, Result};
-use crate::expert::Expert;
+use srcache_experts::Expert;
 use crate::layout::{ExpertLayout, Layout, Slot};
 use crate::source::{PatchSample, SampleStream};
 use crate::Progress;
@@ -361,7 +361,7 @@ fn forward_chunked(
                     oom = Some(err);
                     break;
                 }
-                Err(err) => return Err(err),
+                Err(err) => return Err(err.into()),
             }
             start += len;
         }
@@ -413,7 +413,7 @@ fn split_outputs(e: &Expert, lay: &ExpertLayout, sr: &Tensor, feat: Option<&Tens
     let mut out = Vec::with_capacity(n);
     for k in 0..n {
         let sr_u8 = RgbImage::from_raw(ww, hh, u8_bytes[k * per_u8..(k + 1) * per_u8].to_vec())
-            .ok_or_else(|| CacheError::Expert { name: e.name().into(), what: "sr buffer size mismatch".into() })?;
+            .ok_or_else(|| CacheError::Pipeline { what: format!("expert {}: sr buffer size mismatch", e.name()) })?;
         out.push(ExpertOut {
             sr: sr_bytes[k * per_sr..(k + 1) * per_sr].to_vec(),
             feat: feat_bytes.as_ref().zip(per_feat).map(|(b, p)| b[k * p..(k + 1) * p].to_vec()),
@@ -483,7 +483,7 @@ fn compress(layout: &Layout, w: SampleWork) -> Result<Encoded> {
             Some(Slot::Feat(i)) => w.outs[i].feat.as_deref().unwrap_or_default(),
             None => return Err(CacheError::Pipeline { what: format!("no producer for tensor {}", spec.name) }),
         };
-        let enc = encode(spec, raw).map_err(|e| CacheError::Sample { sample: s.id.clone(), what: e.to_string() })?;
+        let enc = encode(spec, raw).map_err(|source| CacheError::Encode { sample: s.id.clone(), source })?;
         tensors.push(enc);
     }
     Ok(Encoded { seq: w.seq, meta, tensors })

@@ -28,12 +28,11 @@ pub(crate) fn ingest_config(cfg: &InputConfig) -> srcache_ingest::IngestConfig {
 
 /// The deterministic sample stream, skipping its first `skip` samples and stopping at the config's limit.
 pub(crate) fn open(cfg: &InputConfig, skip: u64) -> Result<SampleStream> {
-    let stream = srcache_ingest::stream(&ingest_config(cfg))
-        .map_err(|e| CacheError::Ingest { what: e.to_string() })?;
+    let stream = srcache_ingest::stream(&ingest_config(cfg))?;
     let take = cfg.limit.map(|l| l.saturating_sub(skip)).unwrap_or(u64::MAX);
     Ok(Box::new(
         stream
-            .map(|r| r.map_err(|e| CacheError::Ingest { what: e.to_string() }))
+            .map(|r| r.map_err(CacheError::from))
             .skip(skip as usize)
             .take(take.min(usize::MAX as u64) as usize),
     ))

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::{Codec, DType, FormatError, Result, TensorSpec};
+use crate::{Codec, CodecError, DType, FormatError, Result, TensorSpec};
 
 /// A tensor payload ready to be appended to a shard: encoding is CPU-heavy, so callers do it on worker
 /// threads and hand the result to the (single) writer.
@@ -76,14 +76,14 @@ pub(crate) fn fixed_stored_len(spec: &TensorSpec) -> Option<u64> {
 
 /// Decodes a stored payload into `out` (exactly the logical length). The error is a bare description;
 /// the shard layer adds the path, sample and tensor.
-pub fn decode_payload(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+pub fn decode_payload(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), CodecError> {
     if Some(out.len()) != spec.raw_len() {
-        return Err(format!("output buffer is {} bytes, tensor needs {:?}", out.len(), spec.raw_len()));
+        return Err(CodecError::OutputSize { got: out.len(), want: spec.raw_len().unwrap_or(0) });
     }
     match spec.codec {
         Codec::Raw => {
             if stored.len() != out.len() {
-                return Err(format!("raw payload is {} bytes, expected {}", stored.len(), out.len()));
+                return Err(CodecError::RawSize { got: stored.len(), want: out.len() });
             }
             out.copy_from_slice(stored);
             Ok(())
@@ -117,19 +117,26 @@ fn zstd_compress(data: &[u8], level: i32) -> std::result::Result<Vec<u8>, String
     zstd::bulk::compress(data, level).map_err(|e| format!("zstd: {e}"))
 }
 
-fn zstd_decompress(src: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+fn zstd_decompress(src: &[u8], out: &mut [u8]) -> std::result::Result<(), CodecError> {
     DCTX.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
-            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd context: {e}"))?);
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|source| CodecError::Zstd { source })?);
         }
-        let Some(dctx) = d.as_mut() else { return Err("zstd context unavailable".to_string()) };
-        let n = dctx.decompress_to_buffer(src, out).map_err(|e| format!("zstd: {e}"))?;
+        let Some(dctx) = d.as_mut() else { return Err(CodecError::Zstd { source: std::io::Error::other("no zstd context") }) };
+        let n = dctx.decompress_to_buffer(src, out).map_err(|source| CodecError::Zstd { source })?;
         if n != out.len() {
-            return Err(format!("zstd frame holds {n} bytes, expected {}", out.len()));
+            return Err(CodecError::ZstdSize { got: n, want: out.len() });
         }
         Ok(())
     })
+}
+
+/// The most logical bytes a zstd frame of `stored` bytes can hold: a block holds at most 128 KiB and takes at
+/// least 4 bytes (an RLE block), so no legitimate frame expands by more than 32768x. A larger claim is a
+/// crafted or corrupt entry, refused before anything is allocated for it.
+pub(crate) fn zstd_max_expansion(stored: u64) -> u64 {
+    stored.saturating_mul(32768)
 }
 
 /// Byte planes: plane j holds byte j of every element.
@@ -243,13 +250,13 @@ pub(crate) fn affine_params(spec: &TensorSpec, stored: &[u8]) -> Option<Vec<(f32
     )
 }
 
-fn affine_decode(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+fn affine_decode(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), CodecError> {
     let c = spec.channels();
     let numel = spec.numel();
     if stored.len() != 8 * c + numel {
-        return Err(format!("affine_u8 payload is {} bytes, expected {}", stored.len(), 8 * c + numel));
+        return Err(CodecError::AffineSize { got: stored.len(), want: 8 * c + numel });
     }
-    let params = affine_params(spec, stored).ok_or("affine_u8 payload too short")?;
+    let params = affine_params(spec, stored).ok_or(CodecError::AffineSize { got: stored.len(), want: 8 * c + numel })?;
     let q = &stored[8 * c..];
     let per = if c == 0 { 0 } else { numel / c };
     let k = spec.dtype.size_of();
@@ -264,7 +271,7 @@ fn affine_decode(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::resul
                 DType::F16 => dst.copy_from_slice(&f16::from_f32(v).to_le_bytes()),
                 DType::BF16 => dst.copy_from_slice(&bf16::from_f32(v).to_le_bytes()),
                 DType::F32 => dst.copy_from_slice(&v.to_le_bytes()),
-                DType::U8 | DType::U16 => return Err(format!("affine_u8 on integer dtype {}", spec.dtype)),
+                DType::U8 | DType::U16 => return Err(CodecError::AffineDtype { dtype: spec.dtype }),
             }
         }
         let qs = &q[ch * per..(ch + 1) * per];

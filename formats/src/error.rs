@@ -7,8 +7,13 @@ pub type Result<T, E = FormatError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("{path}: I/O error while {what}: {source}")]
-    Io { path: PathBuf, what: &'static str, source: std::io::Error },
+    #[error("{path}: I/O error while {what}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("{path}: truncated: {what} needs {need} bytes, file has {have}")]
     Truncated { path: PathBuf, what: &'static str, need: u64, have: u64 },
@@ -31,8 +36,24 @@ pub enum FormatError {
     #[error("{path}: sample {sample}, tensor {tensor:?}: corrupt index entry: {what}")]
     CorruptEntry { path: PathBuf, sample: usize, tensor: String, what: String },
 
-    #[error("{path}: sample {sample}, tensor {tensor:?}: cannot decode {codec}: {what}")]
-    Decode { path: PathBuf, sample: usize, tensor: String, codec: String, what: String },
+    #[error("{path}: sample {sample}, tensor {tensor:?}: cannot decode {codec}")]
+    Decode {
+        path: PathBuf,
+        sample: usize,
+        tensor: String,
+        codec: String,
+        #[source]
+        source: CodecError,
+    },
+
+    #[error("{path}: {what}")]
+    NotADataset { path: PathBuf, what: String },
+
+    #[error("{path}: changed on disk while being read ({what}); shards must not change while in use: run `srcache verify` on the dataset")]
+    Changed { path: PathBuf, what: String },
+
+    #[error("{path}: sample {sample}, tensor {tensor:?}: cannot allocate {bytes} bytes")]
+    Alloc { path: PathBuf, sample: usize, tensor: String, bytes: u64 },
 
     #[error("tensor {tensor:?}: cannot encode: {what}")]
     Encode { tensor: String, what: String },
@@ -49,6 +70,9 @@ pub enum FormatError {
     #[error("{path}: manifest: {what}")]
     Manifest { path: PathBuf, what: String },
 
+    #[error("{path}: cannot export: {what}")]
+    Export { path: PathBuf, what: String },
+
     #[error("invalid input: {what}")]
     InvalidInput { what: String },
 }
@@ -57,6 +81,42 @@ impl FormatError {
     pub(crate) fn io(path: impl Into<PathBuf>, what: &'static str, source: std::io::Error) -> Self {
         FormatError::Io { path: path.into(), what, source }
     }
+}
+
+/// Why a stored payload does not decode (the shard layer adds which shard, sample and tensor).
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("output buffer is {got} bytes, the tensor needs {want}")]
+    OutputSize { got: usize, want: usize },
+    #[error("raw payload is {got} bytes, expected {want}")]
+    RawSize { got: usize, want: usize },
+    #[error("zstd frame does not decompress")]
+    Zstd {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("zstd frame holds {got} bytes, expected {want}")]
+    ZstdSize { got: usize, want: usize },
+    #[error("affine_u8 payload is {got} bytes, expected {want}")]
+    AffineSize { got: usize, want: usize },
+    #[error("affine_u8 on integer dtype {dtype}")]
+    AffineDtype { dtype: crate::DType },
+}
+
+/// An error and its causes on one line ("a: b: c"), for messages that are stored or listed rather than
+/// returned (skipped-file lists, verify problems).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// One finding of `Shard::verify`: which shard, which sample and tensor (if any), and what is wrong.

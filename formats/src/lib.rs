@@ -14,16 +14,27 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod atomic;
 mod codec;
 mod dataset;
 mod error;
+pub mod export;
 mod manifest;
+mod names;
 mod shard;
+pub mod sigbus;
+mod verify;
 
+pub use atomic::{write_atomic, AtomicFile};
 pub use codec::{decode_payload, encode, encode_owned, EncodedTensor};
-pub use dataset::{shard_file_name, Dataset, DatasetOptions, DatasetSummary, DatasetWriter, Resume};
-pub use error::{FormatError, Problem, Result};
-pub use manifest::{Manifest, ManifestRow, MANIFEST_FILE, SKIPPED_KEY};
+pub use dataset::{
+    check_output_dir, list_shards, shard_file_name, Dataset, DatasetLayout, DatasetOptions, DatasetSummary, DatasetWriter, DirState,
+    Resume,
+};
+pub use error::{error_chain, CodecError, FormatError, Problem, Result};
+pub use manifest::{write_parquet, Manifest, ManifestRow, MANIFEST_FILE, PARTS_KEY, SKIPPED_KEY};
+pub use names::{attr, TensorName};
+pub use verify::{verify_dataset, VerifyReport};
 pub use shard::{Shard, ShardSummary, ShardWriter, TensorView, FORMAT_VERSION, MAGIC, MAGIC_END};
 
 /// Element type of a tensor as stored (little-endian). bf16 is carried as its u16 bit pattern.

@@ -3,7 +3,7 @@
 //! metadata, which is what `DatasetWriter::finish` does.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::shard::{sync_dir, tmp_path};
+use crate::atomic::AtomicFile;
 use crate::{FormatError, Result, Shard};
 
 pub const MANIFEST_FILE: &str = "manifest.parquet";
@@ -29,6 +29,9 @@ const PSNR_PREFIX: &str = "psnr/";
 /// Parquet key-value metadata: JSON list of `{path, reason}` for input files the producer skipped (unreadable,
 /// too small, unpaired…), so a dataset says what it is missing, not only the log of the run that made it.
 pub const SKIPPED_KEY: &str = "srcache.skipped";
+/// Parquet key-value metadata of a merged root's manifest: JSON list of its part directories, relative to the
+/// root (`["parts/0-of-3", ...]`); its rows' `shard` column then holds paths relative to the root.
+pub const PARTS_KEY: &str = "srcache.parts";
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ManifestRow {
@@ -147,19 +150,8 @@ impl Manifest {
         kv.extend(
             extra.iter().filter(|(k, _)| *k != VERSION_KEY && *k != ROWS_CHECKSUM_KEY).map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
         );
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| merr(e.to_string()))?))
-            .set_key_value_metadata(Some(kv))
-            .build();
-        let tmp = tmp_path(path);
-        let file = File::create(&tmp).map_err(|e| FormatError::io(&tmp, "creating manifest", e))?;
-        let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| merr(format!("parquet writer: {e}")))?;
-        w.write(&batch).map_err(|e| merr(format!("writing rows: {e}")))?;
-        let file = w.into_inner().map_err(|e| merr(format!("closing parquet: {e}")))?;
-        file.sync_all().map_err(|e| FormatError::io(&tmp, "fsyncing manifest", e))?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(|e| FormatError::io(path, "renaming manifest into place", e))?;
-        sync_dir(path)
+        let kv = kv.into_iter().map(|e| (e.key, e.value.unwrap_or_default())).collect();
+        write_parquet(path, &batch, &kv)
     }
 
     /// Reads a manifest back, verifying its row checksum.
@@ -209,6 +201,22 @@ impl Manifest {
     pub fn path_in(dir: &Path) -> PathBuf {
         dir.join(MANIFEST_FILE)
     }
+}
+
+/// Writes one record batch as a zstd-compressed Parquet file, atomically ([`AtomicFile`]), with key-value
+/// metadata: the one Parquet writer of srcache (manifests, training metrics).
+pub fn write_parquet(path: &Path, batch: &RecordBatch, metadata: &BTreeMap<String, String>) -> Result<()> {
+    let merr = |what: String| FormatError::Manifest { path: path.to_path_buf(), what };
+    let kv: Vec<KeyValue> = metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| merr(e.to_string()))?))
+        .set_key_value_metadata((!kv.is_empty()).then_some(kv))
+        .build();
+    let file = AtomicFile::create(path)?;
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| merr(format!("parquet writer: {e}")))?;
+    w.write(batch).map_err(|e| merr(format!("writing rows: {e}")))?;
+    let file = w.into_inner().map_err(|e| merr(format!("closing parquet: {e}")))?;
+    file.commit()
 }
 
 fn col<'b, T: 'static>(batch: &'b RecordBatch, name: &str) -> std::result::Result<&'b T, String> {

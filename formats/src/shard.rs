@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::atomic::{sync_dir, tmp_path};
 use crate::codec::{self, EncodedTensor};
 use crate::{Codec, FormatError, Problem, Result, SampleMeta, Schema, TensorSpec};
 
@@ -70,12 +71,6 @@ pub struct ShardWriter {
     entries: Vec<Entry>,
     metas: Vec<SampleMeta>,
     raw_bytes: u64,
-}
-
-pub(crate) fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
 }
 
 impl ShardWriter {
@@ -216,34 +211,22 @@ impl ShardWriter {
     }
 }
 
-/// fsync the directory holding `path`, so the rename itself survives a crash.
-pub(crate) fn sync_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    #[cfg(unix)]
-    {
-        let d = File::open(dir).map_err(|e| FormatError::io(dir, "opening directory to fsync", e))?;
-        d.sync_all().map_err(|e| FormatError::io(dir, "fsyncing directory", e))?;
-    }
-    Ok(())
-}
-
 /// 64-byte aligned owned storage, so `from_bytes` shards give aligned zero-copy views like mmapped ones.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct Line([u8; 64]);
 
 enum Backing {
-    Map(Mmap),
+    /// The mapped file, kept open so its length can be re-checked: a file truncated under a map makes any
+    /// access past the new end fault (SIGBUS) instead of returning an error.
+    Map { map: Mmap, file: File, _registered: crate::sigbus::Registration },
     Owned { lines: Vec<Line>, len: usize },
 }
 
 impl Backing {
     fn bytes(&self) -> &[u8] {
         match self {
-            Backing::Map(m) => m,
+            Backing::Map { map, .. } => map,
             Backing::Owned { lines, len } => {
                 // SAFETY: Line is repr(C) [u8; 64] with no padding; the Vec holds lines.len()*64 initialised bytes.
                 let all = unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<u8>(), lines.len() * 64) };
@@ -277,10 +260,12 @@ impl std::fmt::Debug for Shard {
 impl Shard {
     pub fn open(path: &Path) -> Result<Shard> {
         let file = File::open(path).map_err(|e| FormatError::io(path, "opening shard", e))?;
-        // SAFETY: shards are immutable once renamed into place; srcache never writes a finished shard.
-        // Another process truncating it underneath us is outside the contract (as for any mmap reader).
+        // SAFETY: shards are immutable once renamed into place; srcache never writes a finished shard. Another
+        // process truncating one underneath us is outside the contract: `check_unchanged` catches it before each
+        // tensor access, and the SIGBUS handler (`sigbus`) names the shard if it happens between check and read.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(path, "mapping shard", e))?;
-        Shard::parse(path.to_path_buf(), Backing::Map(map))
+        let registered = crate::sigbus::Registration::new(map.as_ptr() as usize, map.len(), path);
+        Shard::parse(path.to_path_buf(), Backing::Map { map, file, _registered: registered })
     }
 
     /// A shard over bytes in memory (copied into 64-byte aligned storage); `name` stands in for the path.
@@ -394,6 +379,8 @@ impl Shard {
                 if f != e.len {
                     return Err(bad(format!("{} payload is {} bytes, expected {f}", spec.codec, e.len)));
                 }
+            } else if e.raw_len > codec::zstd_max_expansion(e.len) {
+                return Err(bad(format!("claims {} bytes from a {}-byte {} payload: more than zstd can expand", e.raw_len, e.len, spec.codec)));
             }
             entries.push(e);
         }
@@ -454,9 +441,21 @@ impl Shard {
         self.tensor_at(i, t)
     }
 
+    /// Errors if the mapped file has been truncated since it was opened (reading it would fault).
+    pub fn check_unchanged(&self) -> Result<()> {
+        if let Backing::Map { map, file, .. } = &self.data {
+            let now = file.metadata().map_err(|e| FormatError::io(&self.path, "checking shard size", e))?.len();
+            if now < map.len() as u64 {
+                return Err(FormatError::Changed { path: self.path.clone(), what: format!("{} bytes when opened, {now} now", map.len()) });
+            }
+        }
+        Ok(())
+    }
+
     /// Tensor by schema position (avoids the name lookup in hot loops).
     pub fn tensor_at(&self, i: usize, t: usize) -> Result<TensorView<'_>> {
         self.check_sample(i)?;
+        self.check_unchanged()?;
         let n = self.schema.tensors.len();
         let spec = self.schema.tensors.get(t).ok_or_else(|| FormatError::InvalidInput {
             what: format!("tensor position {t} out of range ({n} tensors)"),
@@ -478,8 +477,10 @@ impl Shard {
                 let r = self.tensor_at(i, t).and_then(|v| {
                     v.check()?;
                     if !matches!(v.spec.codec, Codec::Raw) {
-                        buf.resize(v.raw_len(), 0);
-                        v.decode_unchecked(&mut buf)?;
+                        if buf.len() < v.raw_len() {
+                            buf = v.alloc_raw()?;
+                        }
+                        v.decode_unchecked(&mut buf[..v.raw_len()])?;
                     }
                     Ok(())
                 });
@@ -488,7 +489,7 @@ impl Shard {
                         shard: self.path.clone(),
                         sample: Some(i),
                         tensor: Some(self.schema.tensors[t].name.clone()),
-                        fault: e.to_string(),
+                        fault: crate::error_chain(&e),
                     });
                 }
             }
@@ -567,13 +568,27 @@ impl<'a> TensorView<'a> {
     }
 
     fn decode_unchecked(&self, out: &mut [u8]) -> Result<()> {
-        codec::decode_payload(self.spec, self.payload, out).map_err(|what| FormatError::Decode {
+        codec::decode_payload(self.spec, self.payload, out).map_err(|source| FormatError::Decode {
             path: self.shard.path.clone(),
             sample: self.sample,
             tensor: self.spec.name.clone(),
             codec: self.spec.codec.to_string(),
-            what,
+            source,
         })
+    }
+
+    /// A zeroed buffer of the logical length, or an error (never an abort) when it cannot be allocated.
+    pub fn alloc_raw(&self) -> Result<Vec<u8>> {
+        let n = self.raw_len();
+        let mut out = Vec::new();
+        out.try_reserve_exact(n).map_err(|_| FormatError::Alloc {
+            path: self.shard.path.clone(),
+            sample: self.sample,
+            tensor: self.spec.name.clone(),
+            bytes: n as u64,
+        })?;
+        out.resize(n, 0);
+        Ok(out)
     }
 
     /// Decodes into `out` (exactly `raw_len()` bytes, little-endian logical dtype); checksum checked first
@@ -584,7 +599,7 @@ impl<'a> TensorView<'a> {
     }
 
     pub fn decode(&self) -> Result<Vec<u8>> {
-        let mut out = vec![0u8; self.raw_len()];
+        let mut out = self.alloc_raw()?;
         self.decode_into(&mut out)?;
         Ok(out)
     }

@@ -8,6 +8,7 @@ pub mod degrade;
 pub mod error;
 pub mod metrics;
 pub mod patch;
+pub mod photos;
 pub mod resize;
 pub mod scan;
 pub mod shards;
@@ -24,6 +25,14 @@ pub use stream::{prepare_image, stream, write_lr_folder, PatchStream, PreparedIm
 
 use image::RgbImage;
 use srcache_formats::PatchBox;
+
+/// Encodes `img` as PNG and writes it atomically (never a half-written image under the real name).
+pub fn write_png(path: &std::path::Path, img: &RgbImage) -> Result<()> {
+    let werr = |reason: String| IngestError::Write { path: path.to_path_buf(), reason };
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| werr(e.to_string()))?;
+    srcache_formats::write_atomic(path, buf.get_ref()).map_err(|e| werr(srcache_formats::error_chain(&e)))
+}
 
 /// Everything one ingest run needs.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

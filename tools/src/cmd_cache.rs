@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use srcache_cache::{Builtin, CacheConfig, CacheSummary, ExpertConfig, Placement, Progress};
+use srcache_cache::{CacheConfig, CacheSummary, ExpertConfig, Placement, Progress};
+use srcache_experts::{ExpertSource, ExpertSpec};
 
 #[derive(Args, Debug)]
 pub struct CacheArgs {
@@ -62,16 +63,12 @@ pub struct CacheArgs {
 
 /// `NAME=SOURCE[@DEVICE]`.
 fn parse_expert(s: &str) -> anyhow::Result<ExpertConfig> {
-    let (name, rest) = s.split_once('=').with_context(|| format!("--expert {s:?}: expected NAME=SOURCE"))?;
-    let (src, device) = match rest.rsplit_once('@') {
-        Some((a, d)) => (a, Some(d.to_string())),
-        None => (rest, None),
+    let spec: ExpertSpec = s.parse()?;
+    let mut e = match spec.source {
+        ExpertSource::Builtin(b) => ExpertConfig::builtin(&spec.name, b),
+        ExpertSource::TorchScript(p) => ExpertConfig::torchscript(&spec.name, p),
     };
-    let mut e = match src.strip_prefix("builtin:") {
-        Some(b) => ExpertConfig::builtin(name, b.parse::<Builtin>()?),
-        None => ExpertConfig::torchscript(name, src),
-    };
-    e.device = device;
+    e.device = spec.device;
     Ok(e)
 }
 

@@ -9,12 +9,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use image::{Rgb, RgbImage};
 use srcache_cache::{Builtin, CacheConfig, ExpertConfig, InputConfig};
+use srcache_experts::benchmark::{self, BenchmarkFolder, BenchmarkImage};
+use srcache_experts::evaluate::{evaluate_folder, ImageResult, Row, FUSED, MATLAB_BICUBIC};
+use srcache_experts::{ExpertSource, FusionModule, SrStack, Tiling};
+use srcache_trainer::plot::Canvas;
 use srcache_trainer::TrainConfig;
 
-use crate::cmd_eval::{eval_dataset, print_table, Row};
-use crate::render::Canvas;
-use crate::srstack::{expert_list, SrStack};
-use crate::tiling::Tiling;
+use crate::cmd_eval::print_table;
 
 /// Run ingest → cache → train → eval end to end on built-in photos with built-in experts (bicubic,
 /// lanczos3, sharp_bicubic), and write a report (table, contact sheets, training curve).
@@ -23,7 +24,8 @@ pub struct Args {
     /// Output folder (created; reused runs are resumed or redone).
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
-    /// Folder of HR photos; the last two (by name order) are held out for evaluation.
+    /// Folder of HR photos, which must include chelsea and rocket (held out for evaluation). Default: the five
+    /// photos built into the binary.
     #[arg(long)]
     pub photos: Option<PathBuf>,
     /// Fusion training steps.
@@ -36,17 +38,13 @@ pub struct Args {
 
 const HELD_OUT: [&str; 2] = ["chelsea", "rocket"];
 
-fn default_photos() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/photos")
-}
-
 fn step(n: u32, what: &str) {
     println!("\n==> [{n}/5] {what}");
 }
 
 /// Copies the photos into train/ and bench/DemoVal/HR, then writes MATLAB-bicubic LR for the held-out set.
 fn prepare_data(photos: &Path, out: &Path, scale: u32) -> Result<(PathBuf, PathBuf)> {
-    let files = srcache_ingest::scan::list_images(photos).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let files = srcache_ingest::scan::list_images(photos)?;
     let train = out.join("data/train_HR");
     let bench = out.join("data/DemoVal");
     std::fs::create_dir_all(&train)?;
@@ -67,9 +65,8 @@ fn prepare_data(photos: &Path, out: &Path, scale: u32) -> Result<(PathBuf, PathB
     if n_train == 0 || n_val == 0 {
         bail!("{}: need training photos and the held-out {HELD_OUT:?}", photos.display());
     }
-    let lr_dir = bench.join(format!("LR_bicubic/X{scale}"));
-    let (written, skipped) = srcache_ingest::write_lr_folder(&bench.join("HR"), scale, &lr_dir, true, &|| {})
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let lr_dir = benchmark::lr_dir(&bench, scale);
+    let (written, skipped) = srcache_ingest::write_lr_folder(&bench.join("HR"), scale, &lr_dir, true, &|| {})?;
     println!("{n_train} training photos, {n_val} held out; wrote {written} LR images to {} ({} skipped)", lr_dir.display(), skipped.len());
     Ok((train, bench))
 }
@@ -109,17 +106,16 @@ fn train_config(steps: u64, scale: u32, bench: &Path) -> TrainConfig {
 }
 
 /// One contact sheet per held-out image: HR crop, bicubic, each expert, fused, with labels and PSNR.
-fn contact_sheet(stack: &SrStack, lr: &RgbImage, hr: &RgbImage, path: &Path) -> Result<()> {
-    let out = stack.run(lr)?;
+fn contact_sheet(out: &ImageResult, hr: &RgbImage, scale: u32, path: &Path) -> Result<()> {
     let crop = 160u32.min(hr.width()).min(hr.height());
     let (cx, cy) = ((hr.width() - crop) / 2, (hr.height() - crop) / 2);
     let cut = |img: &RgbImage| image::imageops::crop_imm(img, cx, cy, crop, crop).to_image();
-    let mut tiles: Vec<(String, RgbImage)> = vec![("HR".into(), cut(hr)), (format!("MATLAB BICUBIC {:.2}DB", srcache_ingest::metrics::psnr_y(&out.bicubic, hr, stack.scale)), cut(&out.bicubic))];
+    let mut tiles: Vec<(String, RgbImage)> = vec![("HR".into(), cut(hr)), (format!("MATLAB BICUBIC {:.2}DB", srcache_ingest::metrics::psnr_y(&out.bicubic, hr, scale)), cut(&out.bicubic))];
     for (n, img) in &out.experts {
-        tiles.push((format!("{} {:.2}DB", n.to_uppercase(), srcache_ingest::metrics::psnr_y(img, hr, stack.scale)), cut(img)));
+        tiles.push((format!("{} {:.2}DB", n.to_uppercase(), srcache_ingest::metrics::psnr_y(img, hr, scale)), cut(img)));
     }
     if let Some(f) = &out.fused {
-        tiles.push((format!("FUSED {:.2}DB", srcache_ingest::metrics::psnr_y(f, hr, stack.scale)), cut(f)));
+        tiles.push((format!("FUSED {:.2}DB", srcache_ingest::metrics::psnr_y(f, hr, scale)), cut(f)));
     }
     let (pad, label) = (8i64, 14i64);
     let cols = tiles.len() as i64;
@@ -129,14 +125,31 @@ fn contact_sheet(stack: &SrStack, lr: &RgbImage, hr: &RgbImage, path: &Path) -> 
         canvas.text(x, pad, name, 1, Rgb([230, 230, 230]));
         canvas.blit(img, x, pad + label);
     }
-    canvas.img.save(path).with_context(|| format!("cannot write {}", path.display()))?;
+    srcache_ingest::write_png(path, &canvas.img)?;
     Ok(())
+}
+
+/// A folder the demo writes into must be new, empty, or a previous demo's (it holds only what the demo made).
+fn claim_out(out: &Path) -> Result<()> {
+    const OURS: [&str; 4] = ["data", "cache", "run", "report"];
+    if let Ok(rd) = std::fs::read_dir(out) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !OURS.contains(&name.as_str()) && !name.starts_with("photos") {
+                bail!("{}: holds {name:?}, which the demo did not write; choose a new or empty --out", out.display());
+            }
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))
 }
 
 pub fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
-    let photos = a.photos.clone().unwrap_or_else(default_photos);
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    claim_out(&a.out)?;
+    let photos = match &a.photos {
+        Some(p) => p.clone(),
+        None => srcache_ingest::photos::extract(&a.out.join("photos"))?,
+    };
     let report = a.out.join("report");
     std::fs::create_dir_all(&report)?;
 
@@ -147,58 +160,63 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = cache_config(&train, &a.out, a.scale);
     let cache_dir = cfg.out.clone();
     if cache_dir.exists() && CacheConfig::from_toml_file(&cache_dir.join("cache.toml")).map(|c| c.content() != cfg.content()).unwrap_or(true) {
-        std::fs::remove_dir_all(&cache_dir)?; // a leftover from another configuration: start clean
+        // A previous demo's cache made with other settings: the demo owns this folder, so it starts it over.
+        srcache_cache::remove_cache(&cache_dir)?;
     }
     let bar = crate::cmd_cache::Bar::new(false);
-    let summary = srcache_cache::run(&cfg, &bar).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let summary = srcache_cache::run(&cfg, &bar)?;
     crate::cmd_cache::print_summary(&summary);
 
     step(3, &format!("train: fusion network, {} steps on CPU", a.steps));
     let tcfg = train_config(a.steps, a.scale, &bench);
     let run_dir = a.out.join("run");
     if run_dir.exists() {
-        std::fs::remove_dir_all(&run_dir)?;
+        srcache_trainer::train::remove_run(&run_dir)?;
     }
     let pb = indicatif::ProgressBar::new(tcfg.steps);
     pb.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} eta {eta} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
     let ts = srcache_trainer::train(&tcfg, &cache_dir, &run_dir, false, &mut |row| {
         pb.set_position(row.step);
         pb.set_message(format!("loss {:.5}", row.loss));
-    })
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    })?;
     pb.finish_and_clear();
     println!("{} steps, final loss {:.5}, {} parameters, {:.1} samples/s", ts.steps, ts.final_loss, ts.params, ts.samples_per_s);
 
-    step(4, "eval: full held-out images, Y-PSNR/SSIM with border crop = scale");
-    let experts = expert_list(&[], Some(&cache_dir))?;
-    let stack = SrStack::new(a.scale, &experts, Some(&run_dir), tch::Device::Cpu, Tiling::default())?;
-    let rows: Vec<Row> = eval_dataset(&stack, &bench, &indicatif::ProgressBar::hidden())?;
+    step(4, "eval: full held-out images, Y-PSNR/SSIM with border crop = scale; contact sheets");
+    let mut experts: Vec<(String, ExpertSource)> = Builtin::ALL.iter().map(|b| (b.as_str().to_string(), ExpertSource::Builtin(*b))).collect();
+    experts.sort_by(|x, y| x.0.cmp(&y.0));
+    let stack = SrStack::load(&experts, a.scale, tch::Device::Cpu, Tiling::default(), None)?;
+    let fusion = FusionModule::load(&run_dir, tch::Device::Cpu)?;
+    let folder = BenchmarkFolder::scan(&bench, a.scale, 0)?;
+    let mut sheets = Vec::new();
+    let rows: Vec<Row> = evaluate_folder(
+        &stack,
+        Some(&fusion),
+        &folder,
+        &mut |img: &BenchmarkImage, out: &ImageResult| {
+            let path = report.join(format!("sheet_{}.png", img.name));
+            contact_sheet(out, &img.hr, a.scale, &path).map_err(|e| -> srcache_experts::evaluate::BoxError { e.into() })?;
+            sheets.push(path);
+            Ok(())
+        },
+        &mut |e| eprintln!("skipped: {}", srcache_formats::error_chain(e)),
+    )?;
     print_table(&rows);
-    let fused = rows.iter().find(|r| r.method == "fused").map(|r| r.psnr).unwrap_or(f64::NAN);
-    let best = rows.iter().filter(|r| r.method != "fused").max_by(|x, y| x.psnr.total_cmp(&y.psnr));
+    let fused = rows.iter().find(|r| r.method == FUSED).map(|r| r.psnr).unwrap_or(f64::NAN);
+    let best = rows.iter().filter(|r| r.method != FUSED && r.method != MATLAB_BICUBIC).max_by(|x, y| x.psnr.total_cmp(&y.psnr));
     if let Some(b) = best {
         println!("fused − best single ({}) = {:+.3} dB", b.method, fused - b.psnr);
     }
 
     step(5, "report");
-    std::fs::write(report.join("table.json"), serde_json::to_string_pretty(&rows)?)?;
+    srcache_formats::write_atomic(&report.join("table.json"), &serde_json::to_vec_pretty(&rows)?)?;
     for name in ["curves.png", "metrics.csv"] {
         let src = run_dir.join(name);
         if src.exists() {
-            std::fs::copy(&src, report.join(name))?;
+            srcache_formats::write_atomic(&report.join(name), &std::fs::read(&src)?)?;
         }
     }
-    let report_scan = srcache_ingest::scan(&srcache_ingest::ScanConfig {
-        hr_dir: bench.join("HR"),
-        lr_dir: Some(bench.join(format!("LR_bicubic/X{}", a.scale))),
-        scale: a.scale,
-    })
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for entry in &report_scan.images {
-        let img = srcache_ingest::prepare_image(entry, a.scale).map_err(|e| anyhow::anyhow!("{e}"))?;
-        contact_sheet(&stack, &img.lr, &img.hr, &report.join(format!("sheet_{}.png", entry.stem)))?;
-    }
-    println!("report: {} (table.json, curves.png, metrics.csv, sheet_*.png)", report.display());
+    println!("report: {} (table.json, curves.png, metrics.csv, {} contact sheets)", report.display(), sheets.len());
     println!("demo finished in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
 }

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use image::RgbImage;
 use srcache_formats::Shard;
 
 use crate::cmd_inspect::find_sample;
-use crate::render::{self, Canvas};
+use srcache_trainer::plot::{self as render, Canvas};
 
 /// Draw one sample as a contact-sheet PNG.
 ///
@@ -35,7 +35,7 @@ const MIN_TILE: u32 = 128;
 pub fn run(args: Args) -> Result<()> {
     let (shard, i) = find_sample(&args.dir, &args.sample)?;
     let sheet = contact_sheet(&shard, i)?;
-    sheet.save(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    srcache_ingest::write_png(&args.out, &sheet)?;
     println!("wrote {} ({}x{})", args.out.display(), sheet.width(), sheet.height());
     Ok(())
 }

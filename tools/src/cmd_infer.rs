@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use srcache_experts::evaluate::run_image;
+use srcache_experts::Fuser;
 
-use crate::srstack::StackArgs;
+use crate::stack::StackArgs;
 
 /// Super-resolve LR images: every expert, and the fusion model when --run is given. Output files are
 /// OUT/<stem>_<method>.png (method = expert name or "fused").
@@ -26,11 +28,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let stack = a.stack.build()?;
+    let (stack, fusion) = a.stack.build()?;
+    for n in &stack.notes {
+        eprintln!("note: {n}");
+    }
+    if a.fused_only && fusion.is_none() {
+        anyhow::bail!("--fused-only needs --run RUN_DIR (a trained fusion model)");
+    }
     let mut files = Vec::new();
     for p in &a.inputs {
         if p.is_dir() {
-            files.extend(srcache_ingest::scan::list_images(p).map_err(|e| anyhow::anyhow!("{e}"))?);
+            files.extend(srcache_ingest::scan::list_images(p)?);
         } else {
             files.push(p.clone());
         }
@@ -39,16 +47,16 @@ pub fn run(a: Args) -> Result<()> {
     let bar = ProgressBar::new(files.len() as u64).with_style(
         ProgressStyle::with_template("[{bar:30}] {pos}/{len} images {per_sec} eta {eta} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let fuser = fusion.as_ref().map(|f| f as &dyn Fuser);
     let mut failed = 0;
     for f in &files {
         bar.set_message(f.display().to_string());
         let result = (|| -> Result<()> {
-            let (lr, _) = srcache_ingest::scan::decode_rgb8(f).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let out = stack.run(&lr)?;
+            let (lr, _) = srcache_ingest::scan::decode_rgb8(f)?;
+            let out = run_image(&stack, fuser, &lr)?;
             let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let write = |method: &str, img: &image::RgbImage| -> Result<()> {
-                let p = a.out.join(format!("{stem}_{method}.png"));
-                img.save(&p).with_context(|| format!("cannot write {}", p.display()))
+                Ok(srcache_ingest::write_png(&a.out.join(format!("{stem}_{method}.png")), img)?)
             };
             if !a.fused_only {
                 for (n, img) in &out.experts {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use srcache_formats::{Shard, TensorSpec};
+use srcache_formats::{DatasetLayout, Shard, TensorSpec};
 
 /// Show the schema, sample count, per-tensor dtype/shape/codec, stored vs raw bytes (compression ratio)
 /// and shard sizes of a shard file or a dataset directory.
@@ -54,31 +54,30 @@ struct Report {
     skipped: Vec<serde_json::Value>,
 }
 
-/// `shard-*.srs` files of `dir`, sorted by name; a single file path is returned as itself.
+/// The shard files of a dataset (plain or merged root), in dataset order; a single file path is itself.
 pub(crate) fn shard_paths(path: &Path) -> Result<Vec<PathBuf>> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let mut out = Vec::new();
-    for ent in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
-        let p = ent?.path();
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.starts_with("shard-") && name.ends_with(".srs") {
-            out.push(p);
-        }
+    let layout = DatasetLayout::discover(path)?;
+    if let Some(p) = layout.problems.first() {
+        bail!("{p} (run `srcache verify {}`)", path.display());
     }
-    out.sort();
-    if out.is_empty() {
+    if layout.shards.is_empty() {
         bail!("{}: no shard-*.srs files here (is this a dataset directory?)", path.display());
     }
-    Ok(out)
+    Ok(layout.shards.into_iter().map(|(_, p)| p).collect())
 }
 
-/// Finds the sample with id `id` by scanning shard indexes (works even when the manifest is damaged).
+/// The sample with id `id`: through the dataset when it opens, else by scanning shard indexes (so a damaged
+/// manifest does not hide samples from `dump` and `export`). Its schema must be a consistent SR layout.
 pub(crate) fn find_sample(dir: &Path, id: &str) -> Result<(Shard, usize)> {
     for p in shard_paths(dir)? {
         let shard = Shard::open(&p).with_context(|| format!("opening {}", p.display()))?;
         if let Some(i) = shard.metas().iter().position(|m| m.id == id) {
+            if let Err(why) = shard.schema().check_sr_layout() {
+                bail!("{}: inconsistent schema: {why} (run `srcache verify`)", p.display());
+            }
             return Ok((shard, i));
         }
     }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use srcache_formats::{Manifest, Shard, MANIFEST_FILE};
 
 use crate::cmd_inspect::shard_paths;
-use crate::render::{self, Canvas, HistPanel};
+use srcache_trainer::plot::{self as render, Canvas, HistPanel};
 
 /// Per-expert PSNR distribution from the manifest (mean, p5, p50, p95, and how often each expert is the
 /// best on a sample), plus per-tensor value ranges from a sample of the shards. Optionally draws one
@@ -112,6 +112,6 @@ fn draw_histograms(per: &BTreeMap<String, Vec<f32>>, out: &std::path::Path) -> R
         let panel = HistPanel { title: &title, counts: &counts, lo, hi, color: render::PALETTE[k % 8], marker: Some(mean) };
         render::draw_hist_panel(&mut c, 0, k as i64 * ph, w, ph, &panel);
     }
-    c.img.save(out).with_context(|| format!("writing {}", out.display()))?;
+    srcache_ingest::write_png(out, &c.img)?;
     Ok(())
 }

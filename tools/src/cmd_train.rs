@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use srcache_trainer::bench::read_config;
 use srcache_trainer::{train, TrainConfig};
 
 #[derive(Args, Debug)]
@@ -33,7 +32,7 @@ pub struct TrainArgs {
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let mut cfg = match &a.config {
-        Some(p) => read_config(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) => TrainConfig::from_toml_file(p)?,
         None => TrainConfig::default(),
     };
     if let Some(s) = a.steps {

@@ -3,10 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-mod bench_cache;
-mod bench_formats;
-mod bench_ingest;
-mod bench_loader;
+mod bench;
 mod cmd_cache;
 mod cmd_demo;
 mod cmd_dump;
@@ -19,9 +16,7 @@ mod cmd_stats;
 mod cmd_train;
 mod cmd_verify;
 mod doctor;
-mod render;
-mod srstack;
-mod tiling;
+mod stack;
 
 /// srcache: run frozen super-resolution experts once over a dataset, cache their outputs and features in
 /// compressed, checksummed shards, and train fusion networks on that cache at full speed.
@@ -65,22 +60,9 @@ enum Command {
     Export(cmd_export::Args),
     /// Measure speed against the baselines named in BENCHMARKS.md.
     #[command(subcommand)]
-    Bench(Bench),
+    Bench(bench::Bench),
 }
 
-#[derive(Subcommand)]
-enum Bench {
-    /// MATLAB-exact bicubic ×4 of a 2K image: MPix/s on 1 core and all cores.
-    Resize(bench_ingest::BenchResizeArgs),
-    /// End-to-end ingest (decode + LR + patches + write) vs decode alone.
-    Ingest(bench_ingest::BenchIngestArgs),
-    /// Cache pipeline throughput vs the experts' forward pass alone.
-    Cache(bench_cache::BenchCacheArgs),
-    /// Shard loader vs one fp32 archive per sample; training step fed by the loader vs in-memory batches.
-    Loader(bench_loader::BenchLoaderArgs),
-    /// Per-codec encode/decode GB/s and ratio on real-photo content; shard vs one fp32 archive per sample.
-    Formats(bench_formats::BenchFormatsArgs),
-}
 
 /// Keeps freed buffers in the malloc heap instead of handing them back to the kernel. The pipelines allocate and
 /// free multi-MB images, patches and batches on several threads; glibc's defaults mmap/munmap each one, and every
@@ -98,6 +80,8 @@ fn tune_malloc() {
 
 fn main() {
     tune_malloc();
+    // A shard truncated by another process while mapped: a message naming it instead of a silent SIGBUS.
+    srcache_formats::sigbus::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Doctor => doctor::run(),
@@ -112,16 +96,27 @@ fn main() {
         Command::Stats(a) => cmd_stats::run(a),
         Command::Dump(a) => cmd_dump::run(a),
         Command::Export(a) => cmd_export::run(a),
-        Command::Bench(b) => match b {
-            Bench::Resize(a) => bench_ingest::run_resize(a),
-            Bench::Ingest(a) => bench_ingest::run_ingest(a),
-            Bench::Cache(a) => bench_cache::run(a),
-            Bench::Loader(a) => bench_loader::run(a),
-            Bench::Formats(a) => bench_formats::run(a),
-        },
+        Command::Bench(b) => bench::run(b),
     };
     if let Err(err) = result {
-        eprintln!("error: {err:#}");
+        // The whole chain on one line: every library error names its file/sample, its causes follow.
+        eprintln!("error: {}", chain(&err));
         std::process::exit(1);
     }
+}
+
+/// "context: cause: cause", skipping a cause whose text its parent already shows.
+fn chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for e in err.chain() {
+        let t = e.to_string();
+        if out.contains(&t) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&t);
+    }
+    out
 }

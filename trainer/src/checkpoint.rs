@@ -32,13 +32,6 @@ pub fn step_dir(run: &Path, step: u64) -> PathBuf {
     ckpt_root(run).join(format!("step-{step:08}"))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
-}
-
 pub fn save(run: &Path, state: &TrainState, vs: &VarStore, ema: &VarStore, opt: &AdamW) -> Result<PathBuf> {
     let root = ckpt_root(run);
     std::fs::create_dir_all(&root).map_err(io_err(&root))?;
@@ -53,12 +46,12 @@ pub fn save(run: &Path, state: &TrainState, vs: &VarStore, ema: &VarStore, opt: 
     let moments = opt.state_tensors();
     Tensor::write_safetensors(&moments, tmp.join("optim.safetensors")).ctx("save optimizer")?;
     let json = serde_json::to_vec_pretty(state).map_err(|e| TrainerError::Checkpoint { path: tmp.clone(), why: e.to_string() })?;
-    std::fs::write(tmp.join("state.json"), json).map_err(io_err(tmp.join("state.json")))?;
+    srcache_formats::write_atomic(&tmp.join("state.json"), &json)?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(io_err(&final_dir))?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
-    write_atomic(&root.join("latest"), final_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes())?;
+    srcache_formats::write_atomic(&root.join("latest"), final_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes())?;
     Ok(final_dir)
 }
 

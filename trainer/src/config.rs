@@ -16,7 +16,7 @@ pub enum Head {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FusionConfig {
     pub head: Head,
     /// Filled from the dataset schema when training; must match the data.
@@ -53,7 +53,7 @@ impl Default for FusionConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LossWeights {
     pub l1: f64,
     pub charbonnier: f64,
@@ -71,13 +71,14 @@ impl Default for LossWeights {
 
 /// From `from_step` on, `weights` replace the base weights (the last stage that started wins).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LossStage {
     pub from_step: u64,
     pub weights: LossWeights,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LossConfig {
     pub weights: LossWeights,
     pub stages: Vec<LossStage>,
@@ -104,7 +105,7 @@ pub enum ShuffleMode {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoaderConfig {
     pub batch_size: usize,
     /// Random sub-crop side in LR pixels; None = whole cached patch.
@@ -147,7 +148,7 @@ impl Default for LoaderConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
     pub lr: f64,
     pub min_lr: f64,
@@ -178,7 +179,7 @@ impl Default for OptimConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub model: FusionConfig,
     pub loss: LossConfig,
@@ -241,12 +242,15 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    pub fn device(&self) -> tch::Device {
-        match self.device.as_str() {
-            "cpu" => tch::Device::Cpu,
-            "cuda" => tch::Device::Cuda(0),
-            d if d.starts_with("cuda:") => tch::Device::Cuda(d[5..].parse().unwrap_or(0)),
-            _ => tch::Device::cuda_if_available(),
-        }
+    /// The training device, parsed strictly (`cpu`, `cuda`, `cuda:N`, `auto`): a typo or a GPU that is not
+    /// there is an error naming the string, never a silent fallback.
+    pub fn device(&self) -> crate::Result<tch::Device> {
+        Ok(srcache_experts::parse_device(&self.device)?)
+    }
+
+    /// Reads a TOML training config; unknown keys (typos such as `learning_rate`) are errors naming the key.
+    pub fn from_toml_file(path: &std::path::Path) -> crate::Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(crate::error::io_err(path))?;
+        toml::from_str(&text).map_err(|e| crate::TrainerError::Config { what: path.display().to_string(), why: e.to_string() })
     }
 }

@@ -3,12 +3,12 @@ use std::path::PathBuf;
 /// Errors of the trainer; each names the file, tensor or step it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainerError {
-    #[error("torch error in {what}: {source}")]
-    Torch { what: String, #[source] source: tch::TchError },
-    #[error("io error on {path}: {source}")]
+    #[error("{what}")]
+    Torch { what: String, #[source] source: srcache_experts::TorchFailure },
+    #[error("{path}")]
     Io { path: PathBuf, #[source] source: std::io::Error },
-    #[error("format error: {source}")]
-    Format { #[from] source: srcache_formats::FormatError },
+    #[error(transparent)]
+    Format(#[from] srcache_formats::FormatError),
     #[error("bad config {what}: {why}")]
     Config { what: String, why: String },
     #[error("dataset {path}: {why}")]
@@ -21,9 +21,10 @@ pub enum TrainerError {
     Image { path: PathBuf, why: String },
     #[error("loader worker stopped: {why}")]
     Loader { why: String },
-    /// Boxed: CacheError is large, and every trainer Result would carry its size.
-    #[error("expert {name}: {source}")]
-    Expert { name: String, #[source] source: Box<srcache_cache::CacheError> },
+    #[error(transparent)]
+    Expert(#[from] srcache_experts::ExpertError),
+    #[error("run directory {path}: {why}")]
+    RunDir { path: PathBuf, why: String },
     #[error("metrics file {path}: {why}")]
     Metrics { path: PathBuf, why: String },
 }
@@ -37,7 +38,7 @@ pub trait TorchCtx<T> {
 
 impl<T> TorchCtx<T> for std::result::Result<T, tch::TchError> {
     fn ctx(self, what: &str) -> Result<T> {
-        self.map_err(|source| TrainerError::Torch { what: what.to_string(), source })
+        self.map_err(|e| TrainerError::Torch { what: what.to_string(), source: e.into() })
     }
 }
 
@@ -48,6 +49,6 @@ pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) ->
 
 impl From<tch::TchError> for TrainerError {
     fn from(source: tch::TchError) -> Self {
-        TrainerError::Torch { what: "tensor op".into(), source }
+        TrainerError::Torch { what: "tensor op".into(), source: source.into() }
     }
 }

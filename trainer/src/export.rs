@@ -40,5 +40,15 @@ pub fn export(model: &FusionNet, feat_channels: &[usize], path: &Path) -> Result
         return Err(e);
     }
     let m = m.ctx("trace fusion")?;
-    m.save(path).ctx("save torchscript")
+    // Saved under a temporary name and renamed, like every file srcache writes; the spec goes next to it.
+    let tmp = srcache_formats::atomic::tmp_path(path);
+    m.save(&tmp).ctx("save torchscript")?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(crate::error::io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(crate::error::io_err(path))?;
+    let mut spec = crate::model::spec_of(&model.cfg);
+    spec.feat_channels = feat_channels.to_vec();
+    let json = serde_json::to_vec_pretty(&spec).map_err(|e| TrainerError::Config { what: "fusion spec".into(), why: e.to_string() })?;
+    let spec_path = path.with_file_name(srcache_experts::FusionSpec::FILE);
+    srcache_formats::write_atomic(&spec_path, &json)?;
+    Ok(())
 }

@@ -4,13 +4,11 @@
 //! VarStore's tensors (tch's optimizers cannot export their moments), the loader derives every random choice
 //! from `(seed, epoch, position)`, and checkpoints carry all of it, so a resumed run replays the same curve.
 
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
 mod dihedral;
 pub mod error;
 pub mod export;
-pub mod fullimage;
 pub mod loader;
 pub mod losses;
 pub mod metrics;
@@ -18,7 +16,6 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod plot;
-pub mod tiling;
 pub mod train;
 pub mod validate;
 

@@ -5,7 +5,7 @@ use crate::error::{io_err, Result, TorchCtx, TrainerError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// An RGB8 image in HWC order (as image::RgbImage's buffer).
 pub struct Rgb8<'a> {
@@ -41,18 +41,7 @@ pub fn ssim_y(a: &Rgb8, b: &Rgb8, crop: usize) -> f64 {
     srcache_ingest::metrics::ssim_plane(&x, &y, w, h)
 }
 
-/// [3,H,W] float tensor in [0,1] -> HWC u8 (rounded, clamped), the form every reported metric is computed on.
-pub fn tensor_to_rgb8(t: &Tensor) -> Result<(Vec<u8>, usize, usize)> {
-    let s = t.size();
-    if s.len() != 3 || s[0] != 3 {
-        return Err(TrainerError::Config { what: "image tensor".into(), why: format!("expected [3,H,W], got {s:?}") });
-    }
-    let u = t.f_to_kind(Kind::Float)?.f_clamp(0.0, 1.0)?.f_mul_scalar(255.0)?.f_round()?.f_to_kind(Kind::Uint8)?
-        .f_permute([1, 2, 0])?.f_contiguous()?.f_to_device(tch::Device::Cpu).ctx("to rgb8")?;
-    let mut v = vec![0u8; u.numel()];
-    u.f_copy_data(&mut v, u.numel()).ctx("copy rgb8")?;
-    Ok((v, s[2] as usize, s[1] as usize))
-}
+pub use srcache_experts::image::tensor_to_rgb8;
 
 /// Mean PSNR-Y over a batch [B,3,H,W] against `hr`, on u8-rounded images.
 pub fn batch_psnr_y(x: &Tensor, hr: &Tensor, crop: usize) -> Result<f64> {
@@ -113,7 +102,7 @@ impl MetricsCsv {
                 }
             }
         }
-        std::fs::write(&path, keep).map_err(io_err(&path))?;
+        srcache_formats::write_atomic(&path, keep.as_bytes())?;
         let file = std::fs::OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
         Ok(Self { path, file })
     }
@@ -166,13 +155,10 @@ fn pq_err(path: &Path) -> impl Fn(String) -> TrainerError + '_ {
     move |why| TrainerError::Metrics { path: path.to_path_buf(), why }
 }
 
-/// Writes `rows` to `path` atomically (temp file + rename).
+/// Writes `rows` to `path` atomically.
 pub fn write_parquet(path: &Path, rows: &[Row]) -> Result<()> {
     use arrow_array::{ArrayRef, Float64Array, RecordBatch, UInt64Array};
     use arrow_schema::{DataType, Field, Schema};
-    use parquet::arrow::ArrowWriter;
-    use parquet::basic::{Compression, ZstdLevel};
-    use parquet::file::properties::WriterProperties;
     let err = pq_err(path);
     let mut fields = vec![Field::new("step", DataType::UInt64, false)];
     let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.step)))];
@@ -193,14 +179,7 @@ pub fn write_parquet(path: &Path, rows: &[Row]) -> Result<()> {
     f64col("val_best_expert_psnr", true, &|r| r.val_best_expert_psnr);
     let schema = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| err(format!("building columns: {e}")))?;
-    let level = ZstdLevel::try_new(3).map_err(|e| err(e.to_string()))?;
-    let props = WriterProperties::builder().set_compression(Compression::ZSTD(level)).build();
-    let tmp = path.with_extension("parquet.tmp");
-    let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(format!("parquet writer: {e}")))?;
-    w.write(&batch).map_err(|e| err(format!("writing rows: {e}")))?;
-    w.close().map_err(|e| err(format!("closing: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    Ok(srcache_formats::write_parquet(path, &batch, &Default::default())?)
 }
 
 /// Reads a metrics.parquet back into rows (loss terms that are null are left out of `parts`).

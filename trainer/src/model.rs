@@ -5,6 +5,7 @@
 use crate::config::{FusionConfig, Head};
 use crate::error::{Result, TorchCtx, TrainerError};
 use crate::ops::{haar_dwt, haar_idwt, laplacian, mean_of, Conv};
+use srcache_experts::{Fuser, FusionSpec};
 use tch::{nn, Tensor};
 
 fn lrelu(x: &Tensor) -> Result<Tensor> {
@@ -130,6 +131,7 @@ impl EdgeRefine {
 #[derive(Debug)]
 pub struct FusionNet {
     pub cfg: FusionConfig,
+    spec: FusionSpec,
     trunk: Trunk,
     head: HeadImpl,
     edge: Option<EdgeRefine>,
@@ -157,7 +159,7 @@ impl FusionNet {
             Head::Delta => HeadImpl::Delta { expert: cfg.delta_expert, residual: Conv::zeros(&(&hp / "res"), w, 3, 3) },
         };
         let edge = cfg.edge_refine.then(|| EdgeRefine::new(&(path / "edge"), cfg));
-        Ok(Self { cfg: cfg.clone(), trunk, head, edge })
+        Ok(Self { cfg: cfg.clone(), spec: spec_of(cfg), trunk, head, edge })
     }
 
     pub fn feat_inputs(&self) -> usize {
@@ -224,6 +226,35 @@ impl FusionNet {
             Some(edge) => edge.forward(&f, &out),
             None => Ok(out),
         }
+    }
+}
+
+/// Per expert: whether a fusion model with this config takes its features.
+pub fn wants_feat(cfg: &FusionConfig) -> Vec<bool> {
+    spec_of(cfg).wants_feat()
+}
+
+/// What an exported model of this config takes (written next to `fusion.pt` as `fusion.json`).
+pub fn spec_of(cfg: &FusionConfig) -> FusionSpec {
+    FusionSpec { experts: cfg.experts.clone(), feat_channels: cfg.feat_channels.clone(), use_feats: cfg.use_feats, scale: cfg.scale }
+}
+
+/// The live model fuses like an exported one, so full-image validation and `srcache eval` share one path.
+impl Fuser for FusionNet {
+    fn spec(&self) -> &FusionSpec {
+        &self.spec
+    }
+
+    fn device(&self) -> tch::Device {
+        FusionNet::device(self)
+    }
+
+    fn fuse(&self, lr_up: &Tensor, srs: &[Tensor], feats: &[Tensor]) -> srcache_experts::Result<Tensor> {
+        let dev = FusionNet::device(self);
+        let to = |t: &Tensor| t.f_to_device(dev).map_err(srcache_experts::torch("fusion input to device"));
+        let srs = srs.iter().map(to).collect::<srcache_experts::Result<Vec<_>>>()?;
+        let feats = feats.iter().map(to).collect::<srcache_experts::Result<Vec<_>>>()?;
+        self.forward(&to(lr_up)?, &srs, &feats).map_err(|e| srcache_experts::ExpertError::Fuser { source: Box::new(e) })
     }
 }
 

@@ -114,10 +114,10 @@ pub fn rgb_to_y(x: &Tensor) -> Result<Tensor> {
     Ok((r * 65.481 + g * 128.553 + b * 24.966) / 255.0 + 16.0 / 255.0)
 }
 
-/// Bicubic upsampling (PyTorch's, a=-0.75, align_corners=false), as used for the model's lr input.
+/// Bicubic upsampling (PyTorch's, a=-0.75, align_corners=false), as used for the model's lr input: the one
+/// definition lives in `srcache_experts::image`, shared with full-image inference.
 pub fn upsample_bicubic(lr: &Tensor, scale: u32) -> Result<Tensor> {
-    let s = lr.size();
-    lr.f_upsample_bicubic2d([s[2] * scale as i64, s[3] * scale as i64], false, None, None).ctx("bicubic upsample")
+    Ok(srcache_experts::image::upsample_bicubic(lr, scale)?)
 }
 
 pub fn mean_of(xs: &[Tensor]) -> Result<Tensor> {

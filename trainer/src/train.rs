@@ -93,7 +93,7 @@ pub fn fuse(model: &FusionNet, b: &Batch) -> Result<Tensor> {
 impl Trainer {
     /// `cfg.model.experts` / `feat_channels` must already describe the data.
     pub fn new(cfg: &TrainConfig) -> Result<Self> {
-        let device = cfg.device();
+        let device = cfg.device()?;
         if let Some(t) = cfg.threads {
             tch::set_num_threads(t as i32);
         }
@@ -221,13 +221,14 @@ pub type Progress<'a> = &'a mut dyn FnMut(&Row);
 /// Full run over a cached dataset directory: writes checkpoints, metrics.csv (logged steps), metrics.parquet
 /// (every step), curves.png, val.json (the last validation), val.log (every validation's tables), fusion.pt.
 pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress: Progress) -> Result<TrainSummary> {
-    std::fs::create_dir_all(run).map_err(io_err(run))?;
+    let device = cfg.device()?;
     let ds = Arc::new(Dataset::open(data)?);
+    claim_run_dir(run, resume)?;
     let mut cfg = cfg.clone();
     let (train_idx, val_idx) = split_by_source(&ds, cfg.val_fraction, cfg.seed);
     let mut lcfg = cfg.loader.clone();
-    if cfg.device().is_cuda() {
-        lcfg.pin_device = Some(cfg.device());
+    if device.is_cuda() {
+        lcfg.pin_device = Some(device);
     }
     let mut loader = Loader::new(ds.clone(), train_idx, &lcfg, LoaderPosition::default())?;
     cfg.model.experts = loader.experts.clone();
@@ -237,7 +238,7 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
         cfg.model.scale = s;
     }
     let cfg_text = toml::to_string(&cfg).map_err(|e| TrainerError::Config { what: "train config".into(), why: e.to_string() })?;
-    checkpoint::write_atomic(&run.join("config.toml"), cfg_text.as_bytes())?;
+    srcache_formats::write_atomic(&run.join("config.toml"), cfg_text.as_bytes())?;
     let mut tr = Trainer::new(&cfg)?;
     let resumed = if resume { tr.resume(run)? } else { None };
     if let Some(pos) = resumed {
@@ -309,7 +310,7 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     crate::metrics::plot(&pq.rows, &run.join("curves.png"))?;
     if let Some(v) = &report {
         let json = serde_json::to_vec_pretty(v).map_err(|e| TrainerError::Config { what: "val table".into(), why: e.to_string() })?;
-        checkpoint::write_atomic(&run.join("val.json"), &json)?;
+        srcache_formats::write_atomic(&run.join("val.json"), &json)?;
     }
     let exported = if cfg.export {
         let p = run.join("fusion.pt");
@@ -328,6 +329,51 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
         exported,
         samples_per_s: total_samples as f64 / t0.elapsed().as_secs_f64().max(1e-9),
     })
+}
+
+/// Files a training run writes into its directory.
+pub const RUN_FILES: [&str; 9] =
+    ["config.toml", "metrics.csv", "metrics.parquet", "curves.png", "val.json", "val.log", "fusion.pt", "fusion.json", "ckpt"];
+
+/// A new run needs a new or empty directory; an existing run is only continued with `resume` (starting over
+/// means deleting it yourself: training never deletes checkpoints it was not asked to replace). A directory
+/// holding anything else is refused, so a typo cannot scatter a run into a folder of other files.
+fn claim_run_dir(run: &Path, resume: bool) -> Result<()> {
+    let refuse = |why: String| Err(TrainerError::RunDir { path: run.to_path_buf(), why });
+    let entries: Vec<String> = match std::fs::read_dir(run) {
+        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(TrainerError::Io { path: run.to_path_buf(), source: e }),
+    };
+    let ours = |n: &String| RUN_FILES.contains(&n.as_str()) || srcache_formats::atomic::is_own_temp(n, None);
+    if let Some(other) = entries.iter().find(|n| !ours(n)) {
+        return refuse(format!("holds {other:?}, which is not a training run's file; choose a new or empty run directory"));
+    }
+    if !entries.is_empty() && !resume {
+        return refuse("already holds a training run: add --resume to continue it, or choose a new run directory (nothing was changed)".into());
+    }
+    std::fs::create_dir_all(run).map_err(io_err(run))
+}
+
+/// Deletes a training run's own files (and the directory when that empties it); refuses a directory holding
+/// anything else. What `srcache demo` uses to start its run over.
+pub fn remove_run(run: &Path) -> Result<()> {
+    let rd = match std::fs::read_dir(run) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(TrainerError::Io { path: run.to_path_buf(), source: e }),
+    };
+    let entries: Vec<std::fs::DirEntry> = rd.flatten().collect();
+    let ours = |n: &str| RUN_FILES.contains(&n) || srcache_formats::atomic::is_own_temp(n, None);
+    if let Some(e) = entries.iter().find(|e| !ours(&e.file_name().to_string_lossy())) {
+        return Err(TrainerError::RunDir { path: run.to_path_buf(), why: format!("holds {:?}, which is not a training run's file; not removing it", e.file_name()) });
+    }
+    for e in entries {
+        let p = e.path();
+        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        r.map_err(io_err(&p))?;
+    }
+    std::fs::remove_dir(run).map_err(io_err(run))
 }
 
 /// Appends to `<run>/val.log`: every validation's tables (val.json keeps only the last) and skipped images.

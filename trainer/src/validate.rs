@@ -6,14 +6,17 @@
 
 use crate::config::{FusionConfig, LoaderConfig, ShuffleMode, TrainConfig};
 use crate::error::{Result, TorchCtx, TrainerError};
-use crate::fullimage::{self, ExpertOutputs};
 use crate::loader::{Loader, LoaderPosition};
 use crate::metrics::{psnr_y, ssim_y, tensor_to_rgb8, Rgb8};
 use crate::model::FusionNet;
 use crate::ops::upsample_bicubic;
 use serde::{Deserialize, Serialize};
+use srcache_experts::benchmark::BenchmarkFolder;
+use srcache_experts::evaluate::{fuse_outputs, score, MATLAB_BICUBIC};
+use srcache_experts::image::{image_to_tensor, tensor_to_image};
+use srcache_experts::{ExpertOutputs, SrStack, Tiling};
 use srcache_formats::Dataset;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -167,7 +170,7 @@ pub fn held_out(model: &FusionNet, ds: &Arc<Dataset>, val_idx: &[usize], cfg: &T
 /// One prepared validation image: HR (mod-cropped), its LR, and what the frozen experts made of it.
 struct ValImage {
     hr: image::RgbImage,
-    lr_up: Tensor,
+    lr: Tensor,
     experts: ExpertOutputs,
 }
 
@@ -183,17 +186,8 @@ struct ValDir {
 pub struct FullImageVal {
     dirs: Vec<ValDir>,
     experts: Vec<String>,
-    scale: u32,
     /// Images left out (unpaired HR, undecodable, or an LR of the wrong size): (file, reason).
     pub skipped: Skipped,
-}
-
-fn metrics_of(x: &image::RgbImage, hr: &image::RgbImage, crop: usize) -> (f64, f64) {
-    let w = hr.width() as usize;
-    let h = hr.height() as usize;
-    let a = Rgb8 { data: x.as_raw(), w, h };
-    let b = Rgb8 { data: hr.as_raw(), w, h };
-    (psnr_y(&a, &b, crop), ssim_y(&a, &b, crop))
 }
 
 impl FullImageVal {
@@ -202,46 +196,44 @@ impl FullImageVal {
     /// once per image in tiles of `cfg.val_tile` (0 = the cache's patch size) and scores them.
     pub fn prepare(cfg: &TrainConfig, model: &FusionConfig, ds: &Dataset) -> Result<Self> {
         let scale = model.scale;
-        let patch = ds.schema().and_then(|s| s.attrs.get("patch")).and_then(|v| v.parse::<u32>().ok());
+        let patch = ds.schema().and_then(|s| s.patch());
         let tile = if cfg.val_tile > 0 { cfg.val_tile } else { patch.unwrap_or(64) };
-        let tiling = crate::tiling::Tiling { tile: tile as i64, overlap: cfg.val_tile_overlap as i64 };
-        let sources = fullimage::sources_from_dataset(ds, &model.experts)?;
-        let device = cfg.device();
-        let experts = fullimage::load_experts(&sources, scale, device, tile as usize)?;
-        let want = fullimage::wanted_feats(model);
+        let tiling = Tiling { tile: tile as i64, overlap: cfg.val_tile_overlap as i64 };
+        let sources = srcache_experts::sources_from_dataset(ds, &model.experts)?;
+        let stack = SrStack::load(&sources, scale, cfg.device()?, tiling, patch.map(|p| p as usize))?;
+        let want = crate::model::wants_feat(model);
         let mut dirs = Vec::new();
         let mut skipped = Vec::new();
         for dir in &cfg.val_dirs {
-            let (entries, skip) = scan_dir(dir, scale, cfg.val_max_images)?;
-            skipped.extend(skip);
+            let folder = BenchmarkFolder::scan(dir, scale, cfg.val_max_images)?;
+            skipped.extend(folder.skipped.iter().map(|s| (s.path.clone(), s.reason.clone())));
             let mut images = Vec::new();
             let mut fixed = Vec::new();
-            for entry in &entries {
+            for i in 0..folder.entries.len() {
                 // As `srcache eval` does: an image that cannot be used is reported and left out.
-                let img = match srcache_ingest::prepare_image(entry, scale) {
+                let img = match folder.load(i) {
                     Ok(img) => img,
                     Err(e) => {
-                        skipped.push((entry.hr.clone(), e.to_string()));
+                        skipped.push((folder.entries[i].hr.clone(), srcache_formats::error_chain(&e)));
                         continue;
                     }
                 };
-                let lr = fullimage::image_to_tensor(&img.lr, tch::Device::Cpu)?;
-                let outs = fullimage::run_experts(&experts, &lr, tiling, &want)?;
-                let mut m = Vec::with_capacity(experts.len() + 1);
+                let lr = image_to_tensor(&img.lr, tch::Device::Cpu)?;
+                let outs = stack.run(&lr, &want)?;
+                let mut m = Vec::with_capacity(outs.srs.len() + 1);
                 for sr in &outs.srs {
-                    m.push(metrics_of(&fullimage::tensor_to_image(sr)?, &img.hr, scale as usize));
+                    m.push(score(&tensor_to_image(sr)?, &img.hr, scale));
                 }
-                m.push(metrics_of(&srcache_ingest::resize::bicubic_up(&img.lr, scale), &img.hr, scale as usize));
+                m.push(score(&srcache_ingest::resize::bicubic_up(&img.lr, scale), &img.hr, scale));
                 fixed.push(m);
-                images.push(ValImage { hr: img.hr, lr_up: fullimage::lr_upsampled(&lr, scale)?, experts: outs });
+                images.push(ValImage { hr: img.hr, lr, experts: outs });
             }
             if images.is_empty() {
                 return Err(TrainerError::Data { path: dir.clone(), why: "no validation images (HR/ + LR_bicubic/X<scale>/)".into() });
             }
-            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
-            dirs.push(ValDir { name, images, fixed });
+            dirs.push(ValDir { name: folder.name, images, fixed });
         }
-        Ok(Self { dirs, experts: model.experts.clone(), scale, skipped })
+        Ok(Self { dirs, experts: model.experts.clone(), skipped })
     }
 
     pub fn images(&self) -> usize {
@@ -255,24 +247,20 @@ impl FullImageVal {
             return Err(TrainerError::Config { what: "full-image validation".into(), why: format!("model fuses {:?}, the set was prepared for {:?}", model.cfg.experts, self.experts) });
         }
         let _g = tch::no_grad_guard();
-        let dev = model.device();
-        let crop = self.scale as usize;
+        let scale = model.cfg.scale;
         let mut tables = Vec::new();
         for d in &self.dirs {
             let mut acc = vec![(0.0, 0.0); self.experts.len() + 2];
             for (img, fixed) in d.images.iter().zip(&d.fixed) {
-                let to = |t: &Tensor| t.f_to_device(dev).ctx("val input to device");
-                let srs = img.experts.srs.iter().map(to).collect::<Result<Vec<_>>>()?;
-                let feats = img.experts.feats.iter().map(to).collect::<Result<Vec<_>>>()?;
-                let fused = model.forward(&to(&img.lr_up)?, &srs, &feats)?;
-                let m = metrics_of(&fullimage::tensor_to_image(&fused)?, &img.hr, crop);
+                let fused = fuse_outputs(model, &img.lr, &img.experts)?;
+                let m = score(&tensor_to_image(&fused)?, &img.hr, scale);
                 for (a, v) in acc.iter_mut().zip(std::iter::once(&m).chain(fixed)) {
                     a.0 += v.0;
                     a.1 += v.1;
                 }
             }
             let n = d.images.len() as f64;
-            let names = std::iter::once("fused".to_string()).chain(self.experts.iter().cloned()).chain(std::iter::once("matlab_bicubic".to_string()));
+            let names = std::iter::once("fused".to_string()).chain(self.experts.iter().cloned()).chain(std::iter::once(MATLAB_BICUBIC.to_string()));
             let rows = names.zip(acc).map(|(name, (p, s))| ValRow { name, psnr: p / n, ssim: s / n }).collect();
             tables.push(ValTable { source: d.name.clone(), samples: d.images.len(), rows });
         }
@@ -282,16 +270,3 @@ impl FullImageVal {
 
 /// (file, reason) of images left out of validation.
 type Skipped = Vec<(PathBuf, String)>;
-
-/// The images of one benchmark folder, first `max` by name (0 = all), plus the ones that could not be paired.
-fn scan_dir(dir: &Path, scale: u32, max: usize) -> Result<(Vec<srcache_ingest::ImageEntry>, Skipped)> {
-    let hr_dir = if dir.join("HR").is_dir() { dir.join("HR") } else { dir.to_path_buf() };
-    let lr_dir = dir.join(format!("LR_bicubic/X{scale}"));
-    let cfg = srcache_ingest::ScanConfig { hr_dir, lr_dir: lr_dir.is_dir().then_some(lr_dir), scale };
-    let report = srcache_ingest::scan(&cfg).map_err(|e| TrainerError::Data { path: dir.to_path_buf(), why: e.to_string() })?;
-    let mut images = report.images;
-    if max > 0 {
-        images.truncate(max);
-    }
-    Ok((images, report.unpaired.into_iter().map(|s| (s.path, s.reason)).collect()))
-}

@@ -138,26 +138,14 @@ pub fn run(a: BenchFormatsArgs) -> Result<()> {
     Ok(())
 }
 
-fn photos_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/photos")
-}
-
 fn make_samples(n: usize, channels: usize) -> Result<Vec<Sample>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(photos_dir())
-        .with_context(|| format!("reading {}", photos_dir().display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect();
-    paths.sort();
-    let photos = paths
-        .iter()
-        .map(|p| image::open(p).map(|i| i.to_rgb8()).with_context(|| format!("decoding {}", p.display())))
-        .collect::<Result<Vec<_>>>()?;
+    let paths: Vec<&str> = srcache_ingest::photos::PHOTOS.iter().map(|(n, _)| *n).collect();
+    let photos = paths.iter().map(|n| Ok(srcache_ingest::photos::decode(n)?)).collect::<Result<Vec<_>>>()?;
     // Every 256x256 crop position on a half-overlapping grid, interleaved across photos for variety.
     let mut crops: Vec<(usize, u32, u32)> = Vec::new();
     for (i, im) in photos.iter().enumerate() {
         let (w, h) = im.dimensions();
-        anyhow::ensure!(w >= HR as u32 && h >= HR as u32, "photo {} smaller than {HR}x{HR}", paths[i].display());
+        anyhow::ensure!(w >= HR as u32 && h >= HR as u32, "photo {} smaller than {HR}x{HR}", paths[i]);
         for y in (0..=h - HR as u32).step_by(HR / 2) {
             for x in (0..=w - HR as u32).step_by(HR / 2) {
                 crops.push((i, x, y));

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use srcache_trainer::bench::{self, LoaderBenchConfig};
+use super::loader_lib::{self as bench, LoaderBenchConfig};
 
 #[derive(Args, Debug)]
 pub struct BenchLoaderArgs {
-    /// Scratch directory for the generated shards and archives (deleted and rewritten).
+    /// Where to create the scratch folder for the generated shards and archives (default: the system temp
+    /// dir). The bench makes its own new subfolder there and removes only that.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     #[arg(long, default_value_t = 48)]
@@ -31,15 +32,17 @@ pub struct BenchLoaderArgs {
 }
 
 pub fn run(a: BenchLoaderArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.batch > 0 && a.workers > 0 && a.batches > 0 && a.samples > 0, "--batch, --workers, --batches and --samples must be at least 1");
+    anyhow::ensure!(a.samples >= a.batch, "--samples {} cannot fill one batch of {}", a.samples, a.batch);
+    let parent = a.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&parent)?;
+    let scratch = tempfile::Builder::new().prefix("srcache-bench-loader-").tempdir_in(&parent)?;
     let mut cfg = LoaderBenchConfig { samples: a.samples, batch_size: a.batch, workers: a.workers, batches: a.batches, crop: a.crop, train_steps: a.train_steps, ..Default::default() };
-    if let Some(d) = a.dir {
-        cfg.dir = d;
-    }
+    cfg.dir = scratch.path().to_path_buf();
     if a.zstd {
         cfg.codec = srcache_formats::Codec::ShuffleZstd { level: 1 };
     }
     let report = bench::run(&cfg, &mut |m| eprintln!("{m}"))?;
     println!("{report}");
-    let _ = std::fs::remove_dir_all(&cfg.dir);
     Ok(())
 }

@@ -1,15 +1,15 @@
-//! `srcache bench loader`: the shard loader against the usual baseline (one fp32 torch archive per sample,
+//! The loader benchmark's work (`srcache bench loader`): the shard loader against the usual baseline (one fp32 torch archive per sample,
 //! read by worker threads with the same crop + flips), and training step time fed by the loader against
-//! synthetic in-memory batches. Lives here so the tools binary stays a thin wrapper.
+//! synthetic in-memory batches. Every benchmark lives under tools/src/bench/, next to the command that prints it.
 
-use crate::config::{LoaderConfig, TrainConfig};
-use crate::error::{io_err, Result, TorchCtx, TrainerError};
-use crate::loader::{Batch, Loader, LoaderPosition};
-use crate::train::{MemorySource, Trainer};
+use anyhow::{anyhow, Context, Result};
+use srcache_trainer::error::TorchCtx;
+use srcache_trainer::train::{MemorySource, Trainer};
+use srcache_trainer::{Batch, Loader, LoaderConfig, LoaderPosition, TrainConfig};
 use half::f16;
 use rand::{Rng, SeedableRng};
 use srcache_formats::{Codec, DType, Dataset, DatasetOptions, DatasetWriter, PatchBox, SampleMeta, Schema, TensorSpec};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -91,9 +91,9 @@ pub fn write_realistic(cfg: &LoaderBenchConfig) -> Result<(PathBuf, Vec<PathBuf>
     let base = cfg.dir.join("baseline");
     for d in [&shards, &base] {
         if d.exists() {
-            std::fs::remove_dir_all(d).map_err(io_err(d))?;
+            std::fs::remove_dir_all(d).with_context(|| format!("clearing {}", d.display()))?;
         }
-        std::fs::create_dir_all(d).map_err(io_err(d))?;
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     let mut specs = vec![TensorSpec::new("lr", DType::U8, &[3, h, h], Codec::Raw), TensorSpec::new("hr", DType::U8, &[3, hh, hh], Codec::Raw)];
     for (e, c) in EXPERTS {
@@ -177,7 +177,7 @@ fn baseline(archives: &[PathBuf], cfg: &LoaderBenchConfig, batches: usize) -> Re
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(TrainerError::Loader { why: "baseline worker panicked".into() }))).collect()
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("baseline worker panicked")))).collect()
     });
     let mut total = 0;
     for r in results {
@@ -239,7 +239,7 @@ pub fn run(cfg: &LoaderBenchConfig, log: &mut dyn FnMut(&str)) -> Result<LoaderB
     let mut loader = Loader::new(ds.clone(), (0..ds.len()).collect(), &lc, LoaderPosition::default())?;
     tc.model.experts = loader.experts.clone();
     tc.model.feat_channels = loader.feat_channels.clone();
-    let mut mem = MemorySource { batches: (0..4).map(|_| loader.next_batch().map(|b| clone_batch(&b))).collect::<Result<_>>()?, next: 0 };
+    let mut mem = MemorySource { batches: (0..4).map(|_| loader.next_batch().map(|b| clone_batch(&b)).map_err(anyhow::Error::from)).collect::<Result<_>>()?, next: 0 };
     // Per-step times, loader-fed and in-memory steps alternating on two identical trainers, medians compared:
     // a background hiccup on the VM then lands on both sides instead of on whichever ran during it.
     let mut tr_loader = Trainer::new(&tc)?;
@@ -276,10 +276,4 @@ pub fn run(cfg: &LoaderBenchConfig, log: &mut dyn FnMut(&str)) -> Result<LoaderB
         step_synthetic_ms: syn,
         step_ratio: ld / syn,
     })
-}
-
-/// Reads a train.toml (missing fields take their defaults).
-pub fn read_config(path: &Path) -> Result<TrainConfig> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    toml::from_str(&text).map_err(|e| TrainerError::Config { what: path.display().to_string(), why: e.to_string() })
 }

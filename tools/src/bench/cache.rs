@@ -11,9 +11,9 @@ use crate::cmd_cache::{build_config, CacheArgs};
 
 #[derive(Args, Debug)]
 pub struct BenchCacheArgs {
-    /// HR images (default: the repository's test photos).
-    #[arg(long, default_value = "tests/data/photos")]
-    pub hr: PathBuf,
+    /// HR images (default: the five photos built into the binary).
+    #[arg(long)]
+    pub hr: Option<PathBuf>,
     #[arg(long, default_value_t = 2)]
     pub scale: u32,
     #[arg(long, default_value_t = 32)]
@@ -38,11 +38,16 @@ pub fn run(a: BenchCacheArgs) -> anyhow::Result<()> {
     } else {
         a.experts.clone()
     };
-    let out = std::env::temp_dir().join(format!("srcache-bench-cache-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    // A scratch folder of its own (unique per process), removed at the end.
+    let scratch = tempfile::Builder::new().prefix("srcache-bench-cache-").tempdir()?;
+    let out = scratch.path().join("cache");
+    let hr = match &a.hr {
+        Some(h) => h.clone(),
+        None => srcache_ingest::photos::extract(&scratch.path().join("photos"))?,
+    };
     let cache_args = CacheArgs {
         config: None,
-        hr: Some(a.hr.clone()),
+        hr: Some(hr),
         lr: None,
         scale: Some(a.scale),
         patch: Some(a.patch),
@@ -79,7 +84,6 @@ pub fn run(a: BenchCacheArgs) -> anyhow::Result<()> {
     let after = forward()?;
     let forward_sps = before.max(after);
     let wall = summary.pipeline_s;
-    let _ = std::fs::remove_dir_all(&out);
     let pipeline_sps = summary.written as f64 / wall;
     println!("device          {} ({:?} first)", a.devices, first);
     println!("experts         {}", cfg.experts.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", "));

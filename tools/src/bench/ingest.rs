@@ -14,7 +14,7 @@ use crate::cmd_ingest::{PatchCodec, PatchesArgs};
 
 #[derive(ClapArgs)]
 pub struct BenchResizeArgs {
-    /// Source photo, tiled/upscaled to the benchmark size (default: tests/data/photos/astronaut.png).
+    /// Source photo, tiled/upscaled to the benchmark size (default: the built-in astronaut.png).
     #[arg(long)]
     pub photo: Option<PathBuf>,
     #[arg(long, default_value_t = 4)]
@@ -42,14 +42,12 @@ pub struct BenchIngestArgs {
     pub stride: u32,
 }
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// A real photo brought to `w × h`: MATLAB-bicubic upscaled so the content stays photographic.
 fn bench_image(photo: Option<&PathBuf>, w: u32, h: u32) -> Result<RgbImage> {
-    let path = photo.cloned().unwrap_or_else(|| workspace().join("tests/data/photos/astronaut.png"));
-    let src = image::open(&path).with_context(|| format!("opening {}", path.display()))?.into_rgb8();
+    let src = match photo {
+        Some(path) => image::open(path).with_context(|| format!("opening {}", path.display()))?.into_rgb8(),
+        None => srcache_ingest::photos::decode("astronaut.png")?,
+    };
     Ok(resize::imresize(&src, w, h))
 }
 
@@ -124,18 +122,10 @@ fn native_mosaic(src: &RgbImage, w: u32, h: u32) -> RgbImage {
 }
 
 fn write_bench_pngs(dir: &std::path::Path, n: usize) -> Result<()> {
-    let photos = workspace().join("tests/data/photos");
-    let mut srcs: Vec<PathBuf> = std::fs::read_dir(&photos)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    srcs.sort();
-    anyhow::ensure!(!srcs.is_empty(), "no photos in {}", photos.display());
+    let srcs = srcache_ingest::photos::PHOTOS;
     for i in 0..n {
-        let p = &srcs[i % srcs.len()];
-        let src = image::open(p).with_context(|| format!("opening {}", p.display()))?.into_rgb8();
-        native_mosaic(&src, 2040, 1356).save(dir.join(format!("{:04}.png", i + 1)))?;
+        let src = srcache_ingest::photos::decode(srcs[i % srcs.len()].0)?;
+        srcache_ingest::write_png(&dir.join(format!("{:04}.png", i + 1)), &native_mosaic(&src, 2040, 1356))?;
     }
     Ok(())
 }
@@ -161,7 +151,9 @@ fn ingest_args(a: &BenchIngestArgs, hr: &std::path::Path, lr: Option<PathBuf>, o
 
 pub fn run_ingest(a: BenchIngestArgs) -> Result<()> {
     use srcache_ingest::rayon::prelude::*;
-    let tmp = std::env::temp_dir().join(format!("srcache-bench-ingest-{}", std::process::id()));
+    // A scratch folder of its own, removed when the bench ends (whatever happens).
+    let scratch = tempfile::Builder::new().prefix("srcache-bench-ingest-").tempdir()?;
+    let tmp = scratch.path().to_path_buf();
     let hr = match &a.hr {
         Some(d) => d.clone(),
         None => {
@@ -236,6 +228,5 @@ pub fn run_ingest(a: BenchIngestArgs) -> Result<()> {
         );
         let _ = std::fs::remove_dir_all(&out);
     }
-    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use srcache_cache::{Builtin, CacheError, Expert, ExpertSource};
+use srcache_experts::{Builtin, Expert, ExpertError, ExpertSource};
 use tch::{Device, IValue, Kind, Tensor};
 
 fn workspace() -> PathBuf {
@@ -37,7 +37,7 @@ fn builtins_upscale_a_real_photo_with_different_error_profiles() {
     let (hr, lr) = photo(96);
     let mut outs = Vec::new();
     for b in Builtin::ALL {
-        let e = Expert::load(b.as_str(), &ExpertSource::Builtin(b), 2, Device::Cpu).expect("load builtin");
+        let e = Expert::load(b.as_str(), &ExpertSource::Builtin(b), 2, Device::Cpu, 48).expect("load builtin");
         assert!(e.has_feat());
         let (sr, feat) = e.forward(&lr).expect("forward");
         assert_eq!(sr.size(), vec![1, 3, 96, 96]);
@@ -56,7 +56,7 @@ fn builtins_upscale_a_real_photo_with_different_error_profiles() {
     }
     // Lanczos taps sum to one: a flat image stays flat at every scale.
     for s in [2u32, 3, 4] {
-        let e = Expert::load("l", &ExpertSource::Builtin(Builtin::Lanczos3), s, Device::Cpu).expect("load");
+        let e = Expert::load("l", &ExpertSource::Builtin(Builtin::Lanczos3), s, Device::Cpu, 8).expect("load");
         let flat = Tensor::full([2, 3, 8, 8], 0.25, (Kind::Float, Device::Cpu));
         let (sr, _) = e.forward(&flat).expect("forward");
         assert_eq!(sr.size(), vec![2, 3, 8 * s as i64, 8 * s as i64]);
@@ -68,13 +68,13 @@ fn builtins_upscale_a_real_photo_with_different_error_profiles() {
 fn bad_expert_files_fail_at_load_with_the_file_named() {
     let dir = tempfile::tempdir().expect("tmp");
     let missing = dir.path().join("nope.pt");
-    let err = Expert::load("x", &ExpertSource::TorchScript(missing.clone()), 2, Device::Cpu).err().expect("error");
-    assert!(matches!(err, CacheError::ExpertLoad { .. }), "{err}");
+    let err = Expert::load("x", &ExpertSource::TorchScript(missing.clone()), 2, Device::Cpu, 16).err().expect("error");
+    assert!(matches!(err, ExpertError::Load { .. }), "{err}");
     assert!(err.to_string().contains("nope.pt") && err.to_string().contains("not found"), "{err}");
 
     let junk = dir.path().join("junk.pt");
     std::fs::write(&junk, b"this is not a zip archive").expect("write");
-    let err = Expert::load("x", &ExpertSource::TorchScript(junk), 2, Device::Cpu).err().expect("error");
+    let err = Expert::load("x", &ExpertSource::TorchScript(junk), 2, Device::Cpu, 16).err().expect("error");
     assert!(err.to_string().contains("junk.pt") && err.to_string().contains("TorchScript"), "{err}");
 }
 
@@ -91,7 +91,7 @@ fn exported_spandrel_experts_match_pytorch() {
     assert!(status.success(), "make_tiny_experts.py failed");
     for (arch, scale, feat_c) in [("rrdb", 2u32, 8i64), ("swinir", 2, 12), ("hat", 2, 12), ("dat", 2, 16), ("nafnet", 1, 16)] {
         let pt = dir.path().join(format!("{arch}.pt"));
-        let e = Expert::load(arch, &ExpertSource::TorchScript(pt.clone()), scale, Device::Cpu)
+        let e = Expert::load(arch, &ExpertSource::TorchScript(pt.clone()), scale, Device::Cpu, 16)
             .unwrap_or_else(|err| panic!("{arch}: {err}"));
         assert!(e.has_feat(), "{arch}: exporter must return (sr, feat)");
         let r = tch::CModule::load(dir.path().join(format!("{arch}.ref.pt"))).expect("reference");
@@ -108,8 +108,8 @@ fn exported_spandrel_experts_match_pytorch() {
         assert!(d_sr < 1e-4 && d_feat < 1e-4, "{arch}: |rust - torch| sr {d_sr}, feat {d_feat}");
         // The scale is checked at load: a 2x model in a 4x run is refused before any work.
         if scale == 2 {
-            let err = Expert::load(arch, &ExpertSource::TorchScript(pt), 4, Device::Cpu).err().expect("mismatch");
-            assert!(matches!(err, CacheError::ScaleMismatch { got: 2, expected: 4, .. }), "{arch}: {err}");
+            let err = Expert::load(arch, &ExpertSource::TorchScript(pt), 4, Device::Cpu, 16).err().expect("mismatch");
+            assert!(matches!(err, ExpertError::ScaleMismatch { got: 2, expected: 4, .. }), "{arch}: {err}");
         }
     }
 }

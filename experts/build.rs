@@ -1,0 +1,5 @@
+include!("../build/torch_rpath.rs");
+
+fn main() {
+    torch_rpath();
+}

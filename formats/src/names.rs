@@ -1,0 +1,192 @@
+//! The data contract's vocabulary, typed: tensor names (`lr`, `hr`, `sr/<expert>`, `feat/<expert>`) and the
+//! schema attributes every srcache dataset carries. Writers and readers build names here instead of spelling
+//! strings, so the contract is defined once (FORMAT.md documents the spelling; the Python reader has its own,
+//! checked by the round-trip test).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{FormatError, Schema};
+
+/// A tensor of an SR sample.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TensorName {
+    /// u8 [3, p, p]: the LR patch.
+    Lr,
+    /// u8 [3, s·p, s·p]: the HR patch.
+    Hr,
+    /// [3, s·p, s·p]: an expert's SR output.
+    Sr(String),
+    /// [C, h', w']: an expert's feature map.
+    Feat(String),
+}
+
+impl TensorName {
+    pub const SR_PREFIX: &'static str = "sr/";
+    pub const FEAT_PREFIX: &'static str = "feat/";
+
+    pub fn sr(expert: impl Into<String>) -> Self {
+        TensorName::Sr(expert.into())
+    }
+
+    pub fn feat(expert: impl Into<String>) -> Self {
+        TensorName::Feat(expert.into())
+    }
+
+    /// The expert an `sr/` or `feat/` tensor belongs to.
+    pub fn expert(&self) -> Option<&str> {
+        match self {
+            TensorName::Sr(e) | TensorName::Feat(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TensorName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TensorName::Lr => f.write_str("lr"),
+            TensorName::Hr => f.write_str("hr"),
+            TensorName::Sr(e) => write!(f, "{}{e}", Self::SR_PREFIX),
+            TensorName::Feat(e) => write!(f, "{}{e}", Self::FEAT_PREFIX),
+        }
+    }
+}
+
+impl FromStr for TensorName {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self, FormatError> {
+        let bad = || FormatError::InvalidInput { what: format!("{s:?} is not an SR tensor name (lr, hr, sr/<expert>, feat/<expert>)") };
+        match s {
+            "lr" => Ok(TensorName::Lr),
+            "hr" => Ok(TensorName::Hr),
+            _ => {
+                if let Some(e) = s.strip_prefix(Self::SR_PREFIX).filter(|e| !e.is_empty() && !e.contains('/')) {
+                    Ok(TensorName::Sr(e.to_string()))
+                } else if let Some(e) = s.strip_prefix(Self::FEAT_PREFIX).filter(|e| !e.is_empty() && !e.contains('/')) {
+                    Ok(TensorName::Feat(e.to_string()))
+                } else {
+                    Err(bad())
+                }
+            }
+        }
+    }
+}
+
+/// Schema attribute keys (string values).
+pub mod attr {
+    /// Upscaling factor, e.g. "4".
+    pub const SCALE: &str = "scale";
+    /// LR patch side in pixels.
+    pub const PATCH: &str = "patch";
+    /// Comma-separated expert names, in cache-config order ("" for an ingest-only dataset).
+    pub const EXPERTS: &str = "experts";
+    const EXPERT_PREFIX: &str = "expert/";
+
+    /// `expert/<name>`: the expert's source (`builtin:NAME` or a TorchScript path).
+    pub fn expert_source(name: &str) -> String {
+        format!("{EXPERT_PREFIX}{name}")
+    }
+}
+
+impl Schema {
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs.get(key).map(String::as_str)
+    }
+
+    pub fn scale(&self) -> Option<u32> {
+        self.attr(attr::SCALE)?.parse().ok()
+    }
+
+    pub fn patch(&self) -> Option<u32> {
+        self.attr(attr::PATCH)?.parse().ok()
+    }
+
+    /// Expert names in the order of the `experts` attr (cache-config order).
+    pub fn experts(&self) -> Vec<String> {
+        self.attr(attr::EXPERTS).map(|s| s.split(',').filter(|e| !e.is_empty()).map(str::to_string).collect()).unwrap_or_default()
+    }
+
+    /// The source an expert was cached from (`expert/<name>` attr).
+    pub fn expert_source(&self, name: &str) -> Option<&str> {
+        self.attr(&attr::expert_source(name))
+    }
+
+    /// Position of a typed tensor.
+    pub fn position(&self, name: &TensorName) -> Option<usize> {
+        self.index_of(&name.to_string())
+    }
+
+    /// Experts with an `sr/` tensor, sorted by name: the order the fusion model takes them in.
+    pub fn sr_experts(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tensors
+            .iter()
+            .filter_map(|t| match t.name.parse::<TensorName>() {
+                Ok(TensorName::Sr(e)) => Some(e),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Checks the SR layout of a schema that uses the SR names: `lr` [3,p,p] u8, `hr` [3,s·p,s·p] u8, every
+    /// `sr/<e>` [3,s·p,s·p], every `feat/<e>` [C,h',w'] with the LR patch's aspect and whole pixels per LR
+    /// pixel (or a whole fraction), and `scale`/`patch` attrs that agree with the shapes. A schema without
+    /// both `lr` and `hr` is not an SR dataset and passes (generic shards are allowed by the container).
+    pub fn check_sr_layout(&self) -> Result<(), String> {
+        let Some(lr) = self.tensors.iter().find(|t| t.name == "lr") else { return Ok(()) };
+        let [c, p, pw] = lr.shape[..] else { return Err(format!("lr has shape {:?}, expected [3, p, p]", lr.shape)) };
+        if c != 3 || p != pw || p == 0 {
+            return Err(format!("lr has shape {:?}, expected [3, p, p]", lr.shape));
+        }
+        if let Some(a) = self.patch() {
+            if a as usize != p {
+                return Err(format!("attr patch = {a} but lr is {p}x{p}"));
+            }
+        }
+        let Some(hr) = self.tensors.iter().find(|t| t.name == "hr") else { return Ok(()) };
+        let [3, hp, hpw] = hr.shape[..] else { return Err(format!("hr has shape {:?}, expected [3, s·p, s·p]", hr.shape)) };
+        if hp != hpw || hp % p != 0 {
+            return Err(format!("hr has shape {:?}: not a whole multiple of lr {p}x{p}", hr.shape));
+        }
+        let s = hp / p;
+        if let Some(a) = self.scale() {
+            if a as usize != s {
+                return Err(format!("attr scale = {a} but hr/lr = {s}"));
+            }
+        }
+        for t in &self.tensors {
+            match t.name.parse::<TensorName>() {
+                Ok(TensorName::Sr(_)) if t.shape != [3, hp, hp] => {
+                    return Err(format!("{} has shape {:?}, expected [3, {hp}, {hp}]", t.name, t.shape));
+                }
+                Ok(TensorName::Feat(_)) => {
+                    let [_, fh, fw] = t.shape[..] else { return Err(format!("{} has shape {:?}, expected [C, h, w]", t.name, t.shape)) };
+                    let whole = fh % p == 0 || p % fh == 0;
+                    if fh != fw || !whole {
+                        return Err(format!("{} has shape {:?}: not square with a whole ratio to lr {p}x{p}", t.name, t.shape));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for n in [TensorName::Lr, TensorName::Hr, TensorName::sr("hat"), TensorName::feat("rrdb")] {
+            assert_eq!(n.to_string().parse::<TensorName>().ok(), Some(n));
+        }
+        for bad in ["", "sr/", "feat/", "sr/a/b", "x"] {
+            assert!(bad.parse::<TensorName>().is_err(), "{bad}");
+        }
+    }
+}
