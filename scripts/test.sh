@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: set-up (idempotent), release build, every test.
-# Release everywhere: the tests, the benches and the demo share one build of the heavy dependencies.
+# The whole test suite, from a fresh clone: set-up (idempotent), formatting and lint gates, release build,
+# every test. Release everywhere: the tests, the benches and the demo share one build of the heavy dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
+cargo fmt --all -- --check
 cargo build --release --workspace --locked
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked -- --test-threads="${SRCACHE_TEST_THREADS:-2}"

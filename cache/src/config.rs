@@ -111,9 +111,7 @@ impl ExpertConfig {
         match (&self.builtin, &self.path) {
             (Some(b), None) => Ok(ExpertSource::Builtin(*b)),
             (None, Some(p)) => Ok(ExpertSource::TorchScript(p.clone())),
-            _ => Err(CacheError::Config {
-                what: format!("expert {:?}: give exactly one of `builtin` or `path`", self.name),
-            }),
+            _ => Err(CacheError::Config { what: format!("expert {:?}: give exactly one of `builtin` or `path`", self.name) }),
         }
     }
 
@@ -172,8 +170,7 @@ impl Default for CacheConfig {
 
 impl CacheConfig {
     pub fn from_toml_file(path: &Path) -> Result<CacheConfig> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
         toml::from_str(&text).map_err(|e| CacheError::ConfigFile { path: path.to_path_buf(), what: e.to_string() })
     }
 
@@ -235,5 +232,4 @@ impl CacheConfig {
         }
         c
     }
-
 }

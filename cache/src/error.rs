@@ -11,7 +11,7 @@ pub type Result<T, E = CacheError> = std::result::Result<T, E>;
 #[derive(Debug, Error)]
 pub enum CacheError {
     #[error(transparent)]
-    Expert(#[from] ExpertError),
+    Expert(Box<ExpertError>),
     #[error("{context}")]
     Torch {
         context: String,
@@ -29,21 +29,40 @@ pub enum CacheError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Format(#[from] srcache_formats::FormatError),
+    Format(Box<srcache_formats::FormatError>),
     #[error(transparent)]
-    Ingest(#[from] srcache_ingest::IngestError),
+    Ingest(Box<srcache_ingest::IngestError>),
     #[error("sample {sample}: {what}")]
     Sample { sample: String, what: String },
     #[error("sample {sample}")]
     Encode {
         sample: String,
         #[source]
-        source: srcache_formats::FormatError,
+        source: Box<srcache_formats::FormatError>,
     },
     #[error("pipeline: {what}")]
     Pipeline { what: String },
     #[error("{out}: {what}")]
     Refused { out: PathBuf, what: String },
+}
+
+// Boxed: the source errors are large, and every Result of the pipeline's hot loops would carry their size.
+impl From<ExpertError> for CacheError {
+    fn from(e: ExpertError) -> Self {
+        CacheError::Expert(Box::new(e))
+    }
+}
+
+impl From<srcache_formats::FormatError> for CacheError {
+    fn from(e: srcache_formats::FormatError) -> Self {
+        CacheError::Format(Box::new(e))
+    }
+}
+
+impl From<srcache_ingest::IngestError> for CacheError {
+    fn from(e: srcache_ingest::IngestError) -> Self {
+        CacheError::Ingest(Box::new(e))
+    }
 }
 
 impl CacheError {
@@ -60,5 +79,5 @@ impl CacheError {
 /// `map_err` helper: wraps a TchError with context.
 pub(crate) fn torch(context: impl Into<String>) -> impl FnOnce(tch::TchError) -> CacheError {
     let context = context.into();
-    move |e| CacheError::Torch { context, source: TorchFailure(e) }
+    move |e| CacheError::Torch { context, source: TorchFailure::from(e) }
 }

@@ -37,10 +37,8 @@ impl Layout {
         let scale = cfg.input.scale;
         let p = cfg.input.patch as usize;
         let hp = p * scale as usize;
-        let mut tensors = vec![
-            TensorSpec::new("lr", DType::U8, &[3, p, p], cfg.image_codec),
-            TensorSpec::new("hr", DType::U8, &[3, hp, hp], cfg.image_codec),
-        ];
+        let mut tensors =
+            vec![TensorSpec::new("lr", DType::U8, &[3, p, p], cfg.image_codec), TensorSpec::new("hr", DType::U8, &[3, hp, hp], cfg.image_codec)];
         let mut slots = BTreeMap::from([("lr".to_string(), Slot::Lr), ("hr".to_string(), Slot::Hr)]);
         let mut experts = Vec::new();
         let mut attrs = BTreeMap::new();
@@ -87,8 +85,6 @@ pub(crate) fn to_storage(t: &Tensor, dtype: DType) -> std::result::Result<Tensor
         DType::F16 => t.f_to_kind(Kind::Half),
         DType::BF16 => t.f_to_kind(Kind::BFloat16),
         DType::F32 => t.f_to_kind(Kind::Float),
-        DType::U8 | DType::U16 => {
-            t.f_mul_scalar(255.0)?.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)
-        }
+        DType::U8 | DType::U16 => t.f_mul_scalar(255.0)?.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8),
     }
 }

@@ -95,12 +95,7 @@ fn check_or_save_config(cfg: &CacheConfig) -> Result<()> {
         if saved.content() != cfg.content() {
             let a = saved.content().to_toml()?;
             let b = cfg.content().to_toml()?;
-            let diff: Vec<String> = b
-                .lines()
-                .filter(|l| !a.lines().any(|x| x == *l))
-                .take(5)
-                .map(|l| format!("  {l}"))
-                .collect();
+            let diff: Vec<String> = b.lines().filter(|l| !a.lines().any(|x| x == *l)).take(5).map(|l| format!("  {l}")).collect();
             return Err(CacheError::ConfigFile {
                 path,
                 what: format!(
@@ -185,8 +180,7 @@ pub fn run(cfg: &CacheConfig, progress: &dyn Progress) -> Result<CacheSummary> {
     let done_path = cfg.out.join(DONE_FILE);
     if done_path.exists() {
         let text = std::fs::read_to_string(&done_path).map_err(io(&done_path))?;
-        let mut s: CacheSummary = serde_json::from_str(&text)
-            .map_err(|e| CacheError::ConfigFile { path: done_path.clone(), what: e.to_string() })?;
+        let mut s: CacheSummary = serde_json::from_str(&text).map_err(|e| CacheError::ConfigFile { path: done_path.clone(), what: e.to_string() })?;
         s.no_op = true;
         s.written = 0;
         s.wall_s = t_start.elapsed().as_secs_f64();
@@ -270,8 +264,7 @@ pub fn run(cfg: &CacheConfig, progress: &dyn Progress) -> Result<CacheSummary> {
         wall_s: t_start.elapsed().as_secs_f64(),
         no_op: false,
     };
-    let json = serde_json::to_string_pretty(&summary)
-        .map_err(|e| CacheError::Pipeline { what: format!("serialise summary: {e}") })?;
+    let json = serde_json::to_string_pretty(&summary).map_err(|e| CacheError::Pipeline { what: format!("serialise summary: {e}") })?;
     srcache_formats::write_atomic(&done_path, json.as_bytes())?;
     Ok(summary)
 }

@@ -16,10 +16,10 @@ use srcache_formats::{encode, DatasetWriter, EncodedTensor, SampleMeta, Schema};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{torch, CacheError, Result};
-use srcache_experts::Expert;
 use crate::layout::{ExpertLayout, Layout, Slot};
 use crate::source::{PatchSample, SampleStream};
 use crate::Progress;
+use srcache_experts::Expert;
 
 /// PSNR recorded for a perfect reconstruction (dB).
 pub const PSNR_CAP: f32 = 100.0;
@@ -113,7 +113,6 @@ pub(crate) fn run_pipeline(
     let clock = StageClock::default();
     let mut psnr_sum = vec![0.0f64; layout.experts.len()];
     let mut written = 0u64;
-
 
     let cap = 2 * n_groups.max(1) + 2;
     type Links = (Vec<Sender<Arc<Batch>>>, Vec<Receiver<Arc<Batch>>>);
@@ -230,14 +229,7 @@ pub(crate) fn run_pipeline(
     Ok((writer, PipelineStats { written, psnr_sum, clock }))
 }
 
-fn batcher(
-    stream: SampleStream,
-    txs: &[Sender<Arc<Batch>>],
-    batch_size: usize,
-    first_seq: u64,
-    layout: &Layout,
-    clock: &StageClock,
-) -> Result<()> {
+fn batcher(stream: SampleStream, txs: &[Sender<Arc<Batch>>], batch_size: usize, first_seq: u64, layout: &Layout, clock: &StageClock) -> Result<()> {
     let mut seq = first_seq;
     let mut id = 0u64;
     let mut cur: Vec<PatchSample> = Vec::with_capacity(batch_size);
@@ -263,11 +255,7 @@ fn batcher(
         if sample.lr.dimensions() != (lw, lh) || sample.hr.dimensions() != (hw, hh) {
             return Err(CacheError::Sample {
                 sample: sample.id.clone(),
-                what: format!(
-                    "lr {:?} / hr {:?}, the schema needs lr {lw}x{lh} and hr {hw}x{hh}",
-                    sample.lr.dimensions(),
-                    sample.hr.dimensions()
-                ),
+                what: format!("lr {:?} / hr {:?}, the schema needs lr {lw}x{lh} and hr {hw}x{hh}", sample.lr.dimensions(), sample.hr.dimensions()),
             });
         }
         cur.push(sample);
@@ -335,13 +323,7 @@ fn device_worker(
 }
 
 /// Forward in chunks of `chunk` samples; on CUDA out-of-memory halves the chunk (for good) and retries.
-fn forward_chunked(
-    e: &Expert,
-    x: &Tensor,
-    chunk: &mut usize,
-    fp16: bool,
-    progress: &dyn Progress,
-) -> Result<(Tensor, Option<Tensor>)> {
+fn forward_chunked(e: &Expert, x: &Tensor, chunk: &mut usize, fp16: bool, progress: &dyn Progress) -> Result<(Tensor, Option<Tensor>)> {
     let n = x.size()[0] as usize;
     let autocast = fp16 && e.device().is_cuda();
     loop {
@@ -483,7 +465,7 @@ fn compress(layout: &Layout, w: SampleWork) -> Result<Encoded> {
             Some(Slot::Feat(i)) => w.outs[i].feat.as_deref().unwrap_or_default(),
             None => return Err(CacheError::Pipeline { what: format!("no producer for tensor {}", spec.name) }),
         };
-        let enc = encode(spec, raw).map_err(|source| CacheError::Encode { sample: s.id.clone(), source })?;
+        let enc = encode(spec, raw).map_err(|source| CacheError::Encode { sample: s.id.clone(), source: Box::new(source) })?;
         tensors.push(enc);
     }
     Ok(Encoded { seq: w.seq, meta, tensors })

@@ -48,12 +48,7 @@ fn contents(dir: &Path) -> Vec<(String, Vec<Vec<u8>>)> {
 fn cpu_run_with_exported_and_builtin_experts() {
     let tmp = tempfile::tempdir().expect("tmp");
     let experts = tmp.path().join("experts");
-    let st = Command::new(python())
-        .arg(workspace().join("python/tests/make_tiny_experts.py"))
-        .arg(&experts)
-        .arg("rrdb")
-        .status()
-        .expect("python");
+    let st = Command::new(python()).arg(workspace().join("python/tests/make_tiny_experts.py")).arg(&experts).arg("rrdb").status().expect("python");
     assert!(st.success());
     let out = tmp.path().join("cache");
     let mut cfg = base_config(&out, 40);
@@ -96,12 +91,7 @@ fn cpu_run_with_exported_and_builtin_experts() {
                 s = r.Shard(os.path.join(sys.argv[2], row['shard'])).sample(row['index']); \
                 assert s['sr/rrdb'].shape == (3, 32, 32), s['sr/rrdb'].shape; \
                 assert s['lr'].shape == (3, 16, 16), s['lr'].shape; print('ok')";
-    let o = Command::new(python())
-        .args(["-c", code])
-        .arg(workspace().join("python"))
-        .arg(&out)
-        .output()
-        .expect("python reader");
+    let o = Command::new(python()).args(["-c", code]).arg(workspace().join("python")).arg(&out).output().expect("python reader");
     assert!(o.status.success(), "python reader: {}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok");
 
@@ -123,9 +113,7 @@ fn example_bin() -> PathBuf {
 }
 
 fn complete_shards(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".srs")).count())
-        .unwrap_or(0)
+    std::fs::read_dir(dir).map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".srs")).count()).unwrap_or(0)
 }
 
 #[test]
@@ -180,10 +168,7 @@ fn placements_and_worker_counts_give_identical_shards() {
     let tmp = tempfile::tempdir().expect("tmp");
     let make = |name: &str| {
         let mut cfg = base_config(&tmp.path().join(name), 60);
-        cfg.experts = vec![
-            ExpertConfig::builtin("bicubic", Builtin::Bicubic),
-            ExpertConfig::builtin("sharp", Builtin::SharpBicubic),
-        ];
+        cfg.experts = vec![ExpertConfig::builtin("bicubic", Builtin::Bicubic), ExpertConfig::builtin("sharp", Builtin::SharpBicubic)];
         cfg
     };
     let one = make("one");
@@ -229,8 +214,7 @@ fn config_round_trips_through_toml_and_bad_configs_are_refused() {
 
 #[test]
 fn example_config_parses_and_validates() {
-    let cfg = CacheConfig::from_toml_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("run.example.toml"))
-        .expect("example config");
+    let cfg = CacheConfig::from_toml_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("run.example.toml")).expect("example config");
     cfg.validate().expect("valid");
     assert_eq!(cfg.experts.len(), 3);
     assert_eq!(cfg.experts[0].feat_codec, Some(Codec::AffineU8));

@@ -12,7 +12,11 @@ use crate::error::{ExpertError, Result};
 
 /// Where a benchmark folder's HR images live.
 pub fn hr_dir(dir: &Path) -> PathBuf {
-    if dir.join("HR").is_dir() { dir.join("HR") } else { dir.to_path_buf() }
+    if dir.join("HR").is_dir() {
+        dir.join("HR")
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Where a benchmark folder's LR images for `scale` live (whether or not they exist).
@@ -41,7 +45,11 @@ impl BenchmarkFolder {
     pub fn scan(dir: &Path, scale: u32, max: usize) -> Result<BenchmarkFolder> {
         let lr = lr_dir(dir, scale);
         let cfg = ScanConfig { hr_dir: hr_dir(dir), lr_dir: lr.is_dir().then_some(lr), scale };
-        let report = srcache_ingest::scan(&cfg).map_err(|e| ExpertError::Image { path: dir.to_path_buf(), what: "cannot scan benchmark folder".into(), source: Some(e) })?;
+        let report = srcache_ingest::scan(&cfg).map_err(|e| ExpertError::Image {
+            path: dir.to_path_buf(),
+            what: "cannot scan benchmark folder".into(),
+            source: Some(Box::new(e)),
+        })?;
         let mut entries = report.images;
         if max > 0 {
             entries.truncate(max);
@@ -57,8 +65,11 @@ impl BenchmarkFolder {
     /// Decodes entry `i` (LR generated with MATLAB bicubic when not paired).
     pub fn load(&self, i: usize) -> Result<BenchmarkImage> {
         let entry = &self.entries[i];
-        let img = srcache_ingest::prepare_image(entry, self.scale)
-            .map_err(|e| ExpertError::Image { path: entry.hr.clone(), what: "cannot use this benchmark image".into(), source: Some(e) })?;
+        let img = srcache_ingest::prepare_image(entry, self.scale).map_err(|e| ExpertError::Image {
+            path: entry.hr.clone(),
+            what: "cannot use this benchmark image".into(),
+            source: Some(Box::new(e)),
+        })?;
         Ok(BenchmarkImage { name: entry.stem.clone(), hr: img.hr, lr: img.lr })
     }
 }

@@ -56,9 +56,7 @@ impl Filters {
             0.0, 1.0, 0.0, 1.0, -4.0, 1.0, 0.0, 1.0, 0.0,
             1.0 / 9.0, 1.0 / 9.0, 1.0 / 9.0, 1.0 / 9.0, 1.0 / 9.0, 1.0 / 9.0, 1.0 / 9.0, 1.0 / 9.0, 1.0 / 9.0,
         ];
-        let mk = |v: &[f32], shape: &[i64]| {
-            Tensor::f_from_slice(v).and_then(|t| t.f_reshape(shape)).and_then(|t| t.f_to_device(device))
-        };
+        let mk = |v: &[f32], shape: &[i64]| Tensor::f_from_slice(v).and_then(|t| t.f_reshape(shape)).and_then(|t| t.f_to_device(device));
         let s = scale as i64;
         Ok(Filters {
             lanczos_h: mk(&taps, &[s, 1, 1, 7]).map_err(torch("lanczos taps"))?,
@@ -69,12 +67,7 @@ impl Filters {
     }
 }
 
-pub(crate) fn builtin_forward(
-    which: Builtin,
-    f: &Filters,
-    lr: &Tensor,
-    scale: u32,
-) -> std::result::Result<(Tensor, Option<Tensor>), tch::TchError> {
+pub(crate) fn builtin_forward(which: Builtin, f: &Filters, lr: &Tensor, scale: u32) -> std::result::Result<(Tensor, Option<Tensor>), tch::TchError> {
     let size = lr.size();
     let (b, h, w) = (size[0], size[2], size[3]);
     let s = scale as i64;
@@ -104,4 +97,3 @@ pub(crate) fn builtin_forward(
     let feat = y.f_replication_pad2d([1, 1, 1, 1])?.f_conv2d(&f.feat, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
     Ok((sr, Some(feat)))
 }
-

@@ -49,10 +49,7 @@ pub fn parse_devices(spec: &str) -> Result<Vec<Device>> {
     for d in &out {
         if let Device::Cuda(i) = d {
             if *i as i64 >= visible {
-                return Err(ExpertError::Device {
-                    spec: spec.into(),
-                    why: format!("cuda:{i} requested but {visible} CUDA device(s) are visible"),
-                });
+                return Err(ExpertError::Device { spec: spec.into(), why: format!("cuda:{i} requested but {visible} CUDA device(s) are visible") });
             }
         }
     }

@@ -8,7 +8,7 @@ pub type Result<T, E = ExpertError> = std::result::Result<T, E>;
 
 /// A libtorch error reduced to what a user can act on. libtorch's own text carries a C++ backtrace (and for
 /// TorchScript a Python-style traceback of the scripted code); `Display` keeps the message, `Debug` keeps all.
-pub struct TorchFailure(pub tch::TchError);
+pub struct TorchFailure(pub Box<tch::TchError>);
 
 impl TorchFailure {
     /// The meaningful line(s) of a libtorch message.
@@ -39,7 +39,7 @@ impl std::error::Error for TorchFailure {}
 
 impl From<tch::TchError> for TorchFailure {
     fn from(e: tch::TchError) -> Self {
-        TorchFailure(e)
+        TorchFailure(Box::new(e))
     }
 }
 
@@ -71,7 +71,11 @@ pub fn summarize(text: &str) -> String {
     let s = keep.join(" ");
     // tch prefixes its own error kind ("Internal torch error: ").
     let s = s.strip_prefix("Internal torch error: ").unwrap_or(&s).to_string();
-    if s.is_empty() { "libtorch error (no message)".to_string() } else { s }
+    if s.is_empty() {
+        "libtorch error (no message)".to_string()
+    } else {
+        s
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +129,7 @@ pub enum ExpertError {
         path: PathBuf,
         what: String,
         #[source]
-        source: Option<srcache_ingest::IngestError>,
+        source: Option<Box<srcache_ingest::IngestError>>,
     },
     #[error("fusion model {path}: {what}")]
     Fusion { path: PathBuf, what: String },
@@ -140,7 +144,7 @@ pub enum ExpertError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(transparent)]
-    Format(#[from] srcache_formats::FormatError),
+    Format(#[from] Box<srcache_formats::FormatError>),
 }
 
 impl ExpertError {
@@ -155,11 +159,17 @@ impl ExpertError {
 /// `map_err` helper: wraps a libtorch error with what was being done.
 pub fn torch(context: impl Into<String>) -> impl FnOnce(tch::TchError) -> ExpertError {
     let context = context.into();
-    move |e| ExpertError::Torch { context, source: TorchFailure(e) }
+    move |e| ExpertError::Torch { context, source: e.into() }
+}
+
+impl From<srcache_formats::FormatError> for ExpertError {
+    fn from(e: srcache_formats::FormatError) -> Self {
+        ExpertError::Format(Box::new(e))
+    }
 }
 
 impl From<tch::TchError> for ExpertError {
     fn from(e: tch::TchError) -> Self {
-        ExpertError::Torch { context: "tensor operation".into(), source: TorchFailure(e) }
+        ExpertError::Torch { context: "tensor operation".into(), source: e.into() }
     }
 }

@@ -42,7 +42,10 @@ pub fn check_compatible(stack: &SrStack, fuser: &dyn Fuser) -> Result<()> {
         });
     }
     if fuser.spec().scale != stack.scale {
-        return Err(ExpertError::Fusion { path: "fusion model".into(), what: format!("trained at x{}, run at x{}", fuser.spec().scale, stack.scale) });
+        return Err(ExpertError::Fusion {
+            path: "fusion model".into(),
+            what: format!("trained at x{}, run at x{}", fuser.spec().scale, stack.scale),
+        });
     }
     Ok(())
 }
@@ -99,10 +102,7 @@ impl Tally {
 
     pub fn rows(&self, dataset: &str) -> Vec<Row> {
         let n = self.n.max(1) as f64;
-        self.sums
-            .iter()
-            .map(|(m, p, s)| Row { dataset: dataset.to_string(), method: m.clone(), psnr: p / n, ssim: s / n, images: self.n })
-            .collect()
+        self.sums.iter().map(|(m, p, s)| Row { dataset: dataset.to_string(), method: m.clone(), psnr: p / n, ssim: s / n, images: self.n }).collect()
     }
 }
 

@@ -128,7 +128,7 @@ impl Expert {
             }
             Body::Script(module) => {
                 let out = module.forward_is(&[IValue::Tensor(lr.shallow_clone())]).map_err(|e| {
-                    let failure = TorchFailure(e);
+                    let failure = TorchFailure::from(e);
                     if failure.is_oom() {
                         return ExpertError::Torch { context: format!("expert {} ({})", self.name, self.source), source: failure };
                     }
@@ -213,8 +213,11 @@ fn load_script(name: &str, path: &Path, device: Device) -> Result<CModule> {
         let reason = if path.exists() { "not a file" } else { "file not found" };
         return Err(ExpertError::Load { name: name.to_string(), path: path.to_path_buf(), reason: reason.into() });
     }
-    let mut module = CModule::load_on_device(path, device)
-        .map_err(|e| ExpertError::Script { name: name.to_string(), path: path.to_path_buf(), source: TorchFailure(e) })?;
+    let mut module = CModule::load_on_device(path, device).map_err(|e| ExpertError::Script {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        source: TorchFailure::from(e),
+    })?;
     module.set_eval();
     Ok(module)
 }

@@ -69,8 +69,11 @@ impl FusionModule {
         if !path.is_file() {
             return Err(ExpertError::Fusion { path, what: "not found (was the run trained with export = true?)".into() });
         }
-        let mut module = CModule::load_on_device(&path, device)
-            .map_err(|e| ExpertError::Script { name: "fusion".into(), path: path.clone(), source: TorchFailure(e) })?;
+        let mut module = CModule::load_on_device(&path, device).map_err(|e| ExpertError::Script {
+            name: "fusion".into(),
+            path: path.clone(),
+            source: TorchFailure::from(e),
+        })?;
         module.set_eval();
         Ok(FusionModule { module, spec, device, path })
     }
@@ -91,7 +94,11 @@ impl Fuser for FusionModule {
         for t in srs.iter().chain(feats) {
             inputs.push(to(t)?);
         }
-        match self.module.forward_is(&inputs).map_err(|e| ExpertError::Torch { context: format!("fusion model {}", self.path.display()), source: TorchFailure(e) })? {
+        match self
+            .module
+            .forward_is(&inputs)
+            .map_err(|e| ExpertError::Torch { context: format!("fusion model {}", self.path.display()), source: TorchFailure::from(e) })?
+        {
             IValue::Tensor(t) => Ok(t),
             _ => Err(ExpertError::Fusion { path: self.path.clone(), what: "returned something other than a tensor".into() }),
         }

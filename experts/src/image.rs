@@ -58,7 +58,10 @@ pub fn tensor_to_image(t: &Tensor) -> Result<RgbImage> {
 pub fn upsample_bicubic(lr: &Tensor, scale: u32) -> Result<Tensor> {
     let s = lr.size();
     if s.len() != 4 {
-        return Err(ExpertError::Torch { context: format!("bicubic upsample of {s:?}"), source: tch::TchError::Shape("need [B,C,H,W]".into()).into() });
+        return Err(ExpertError::Torch {
+            context: format!("bicubic upsample of {s:?}"),
+            source: tch::TchError::Shape("need [B,C,H,W]".into()).into(),
+        });
     }
     lr.f_upsample_bicubic2d([s[2] * scale as i64, s[3] * scale as i64], false, None, None).map_err(torch("bicubic upsample"))
 }

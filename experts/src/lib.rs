@@ -9,8 +9,8 @@
 //! - [`benchmark`] + [`evaluate`]: benchmark folders and PSNR/SSIM tables, shared by `eval`, `infer`, the demo
 //!   and the trainer's full-image validation, so all of them report the same numbers.
 
-mod builtin;
 pub mod benchmark;
+mod builtin;
 pub mod device;
 pub mod error;
 pub mod evaluate;

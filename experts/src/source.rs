@@ -111,9 +111,9 @@ pub fn sources_from_dataset(ds: &srcache_formats::Dataset, names: &[String]) -> 
     names
         .iter()
         .map(|name| {
-            let src = schema.expert_source(name).ok_or_else(|| {
-                bad(format!("schema has no expert/{name} attribute: the experts' sources are recorded by `srcache cache`"))
-            })?;
+            let src = schema
+                .expert_source(name)
+                .ok_or_else(|| bad(format!("schema has no expert/{name} attribute: the experts' sources are recorded by `srcache cache`")))?;
             let source = match src.parse::<ExpertSource>()? {
                 ExpertSource::TorchScript(p) => ExpertSource::TorchScript(resolve(&p, ds.dir())),
                 b => b,

@@ -50,7 +50,9 @@ impl SrStack {
                     let fallback = known_size.filter(|&k| k != probe).and_then(|k| Expert::load(name, source, scale, device, k).ok().map(|e| (k, e)));
                     match fallback {
                         Some((k, expert)) => {
-                            notes.push(format!("expert {name} does not accept {probe}x{probe} inputs; it runs in {k}x{k} tiles, the size the cache ran it at"));
+                            notes.push(format!(
+                                "expert {name} does not accept {probe}x{probe} inputs; it runs in {k}x{k} tiles, the size the cache ran it at"
+                            ));
                             let t = Tiling { tile: k as i64, overlap: tiling.overlap.min(k as i64 / 4) };
                             out.push(StackExpert { expert, tiling: t });
                         }

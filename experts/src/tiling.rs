@@ -67,7 +67,11 @@ impl Ratio {
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
-    if b == 0 { a.abs() } else { gcd(b, a % b) }
+    if b == 0 {
+        a.abs()
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// One output being assembled: its ratio to the LR input, the weighted sum and the weight sum.
@@ -105,9 +109,9 @@ where
                 let (_, c, oh, ow) = out.size4()?;
                 if outs.len() <= k {
                     let ratio = Ratio::of(oh, th);
-                    let geometry = |what: &str| shape_err(format!(
-                        "output {k} is {oh}x{ow} for a {th}x{tw} tile: {what} (image {h}x{w}, tile {tile}, overlap {overlap})"
-                    ));
+                    let geometry = |what: &str| {
+                        shape_err(format!("output {k} is {oh}x{ow} for a {th}x{tw} tile: {what} (image {h}x{w}, tile {tile}, overlap {overlap})"))
+                    };
                     if Ratio::of(ow, tw).num * ratio.den != ratio.num * Ratio::of(ow, tw).den {
                         return Err(geometry("different ratios along the two axes").into());
                     }
@@ -123,8 +127,12 @@ where
                 if (Some(oh), Some(ow)) != (eh, ew) {
                     return Err(shape_err(format!(
                         "tile output {k} is {oh}x{ow}, expected {}x{} (ratio {}/{})",
-                        eh.unwrap_or(-1), ew.unwrap_or(-1), b.ratio.num, b.ratio.den
-                    )).into());
+                        eh.unwrap_or(-1),
+                        ew.unwrap_or(-1),
+                        b.ratio.num,
+                        b.ratio.den
+                    ))
+                    .into());
                 }
                 let r = b.ratio.apply(overlap).unwrap_or(overlap * b.ratio.num / b.ratio.den);
                 let wy = ramp(oh, r, iy > 0, iy + 1 < ys.len());
@@ -201,7 +209,11 @@ mod tests {
         let lr = Tensor::f_rand([1, 3, 60, 84], (Kind::Float, tch::Device::Cpu))?;
         let f = |t: &Tensor| -> Result<Vec<Tensor>, tch::TchError> {
             let (h, w) = (t.size()[2], t.size()[3]);
-            Ok(vec![t.f_upsample_nearest2d([h * 3, w * 3], None, None)?, t.f_mul_scalar(2.0)?, t.f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None)?])
+            Ok(vec![
+                t.f_upsample_nearest2d([h * 3, w * 3], None, None)?,
+                t.f_mul_scalar(2.0)?,
+                t.f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None)?,
+            ])
         };
         let whole = f(&lr)?;
         let tiled = run_tiled_multi(&lr, Tiling { tile: 32, overlap: 8 }, f)?;

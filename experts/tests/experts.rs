@@ -83,16 +83,11 @@ fn bad_expert_files_fail_at_load_with_the_file_named() {
 #[test]
 fn exported_spandrel_experts_match_pytorch() {
     let dir = tempfile::tempdir().expect("tmp");
-    let status = Command::new(python())
-        .arg(workspace().join("python/tests/make_tiny_experts.py"))
-        .arg(dir.path())
-        .status()
-        .expect("run python");
+    let status = Command::new(python()).arg(workspace().join("python/tests/make_tiny_experts.py")).arg(dir.path()).status().expect("run python");
     assert!(status.success(), "make_tiny_experts.py failed");
     for (arch, scale, feat_c) in [("rrdb", 2u32, 8i64), ("swinir", 2, 12), ("hat", 2, 12), ("dat", 2, 16), ("nafnet", 1, 16)] {
         let pt = dir.path().join(format!("{arch}.pt"));
-        let e = Expert::load(arch, &ExpertSource::TorchScript(pt.clone()), scale, Device::Cpu, 16)
-            .unwrap_or_else(|err| panic!("{arch}: {err}"));
+        let e = Expert::load(arch, &ExpertSource::TorchScript(pt.clone()), scale, Device::Cpu, 16).unwrap_or_else(|err| panic!("{arch}: {err}"));
         assert!(e.has_feat(), "{arch}: exporter must return (sr, feat)");
         let r = tch::CModule::load(dir.path().join(format!("{arch}.ref.pt"))).expect("reference");
         let IValue::Tuple(v) = r.forward_is(&[] as &[IValue]).expect("ref forward") else { panic!("ref tuple") };

@@ -35,12 +35,7 @@ fn encode_impl(spec: &TensorSpec, raw: &[u8], owned: Option<Vec<u8>>) -> Result<
     let raw: &[u8] = owned.as_deref().unwrap_or(raw);
     let want = spec.raw_len().ok_or_else(|| err(format!("shape {:?} overflows", spec.shape)))?;
     if raw.len() != want {
-        return Err(err(format!(
-            "got {} bytes, {} {:?} needs {want}",
-            raw.len(),
-            spec.dtype,
-            spec.shape
-        )));
+        return Err(err(format!("got {} bytes, {} {:?} needs {want}", raw.len(), spec.dtype, spec.shape)));
     }
     let bytes = match spec.codec {
         Codec::Raw => match owned {
@@ -209,7 +204,7 @@ fn affine_encode(spec: &TensorSpec, raw: &[u8]) -> std::result::Result<Vec<u8>, 
     let numel = spec.numel();
     let mut vals = Vec::new();
     to_f32_into(spec.dtype, raw, &mut vals);
-    let per = if c == 0 { 0 } else { numel / c };
+    let per = numel.checked_div(c).unwrap_or(0);
     let mut out = Vec::with_capacity(8 * c + numel);
     let mut params = Vec::with_capacity(c);
     for ch in 0..c {
@@ -241,13 +236,7 @@ fn affine_encode(spec: &TensorSpec, raw: &[u8]) -> std::result::Result<Vec<u8>, 
 pub(crate) fn affine_params(spec: &TensorSpec, stored: &[u8]) -> Option<Vec<(f32, f32)>> {
     let c = spec.channels();
     let head = stored.get(..8 * c)?;
-    Some(
-        head.chunks_exact(8)
-            .map(|p| {
-                (f32::from_le_bytes([p[0], p[1], p[2], p[3]]), f32::from_le_bytes([p[4], p[5], p[6], p[7]]))
-            })
-            .collect(),
-    )
+    Some(head.chunks_exact(8).map(|p| (f32::from_le_bytes([p[0], p[1], p[2], p[3]]), f32::from_le_bytes([p[4], p[5], p[6], p[7]]))).collect())
 }
 
 fn affine_decode(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), CodecError> {
@@ -258,7 +247,7 @@ fn affine_decode(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::resul
     }
     let params = affine_params(spec, stored).ok_or(CodecError::AffineSize { got: stored.len(), want: 8 * c + numel })?;
     let q = &stored[8 * c..];
-    let per = if c == 0 { 0 } else { numel / c };
+    let per = numel.checked_div(c).unwrap_or(0);
     let k = spec.dtype.size_of();
     for (ch, &(scale, offset)) in params.iter().enumerate() {
         // A 256-entry table per channel: decode becomes a lookup, and Rust and numpy agree bit-for-bit

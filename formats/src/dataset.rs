@@ -181,7 +181,10 @@ impl DatasetLayout {
                 })?;
                 for part in &list {
                     if !is_safe_relative(part) {
-                        return Err(FormatError::Manifest { path: manifest.clone(), what: format!("part {part:?} is not a relative path inside the dataset") });
+                        return Err(FormatError::Manifest {
+                            path: manifest.clone(),
+                            what: format!("part {part:?} is not a relative path inside the dataset"),
+                        });
                     }
                     let dir = root.join(part);
                     match list_shards(&dir) {

@@ -19,7 +19,12 @@ fn gather(shard: &Shard, indices: &[usize], spec: &TensorSpec) -> Result<Vec<u8>
     let per = spec.raw_len().ok_or_else(|| FormatError::InvalidInput { what: format!("tensor {:?}: size overflows", spec.name) })?;
     let total = per.checked_mul(indices.len()).ok_or_else(|| FormatError::InvalidInput { what: "export size overflows".into() })?;
     let mut out = Vec::new();
-    out.try_reserve_exact(total).map_err(|_| FormatError::Alloc { path: shard.path().to_path_buf(), sample: indices.first().copied().unwrap_or(0), tensor: spec.name.clone(), bytes: total as u64 })?;
+    out.try_reserve_exact(total).map_err(|_| FormatError::Alloc {
+        path: shard.path().to_path_buf(),
+        sample: indices.first().copied().unwrap_or(0),
+        tensor: spec.name.clone(),
+        bytes: total as u64,
+    })?;
     out.resize(total, 0);
     for (k, &i) in indices.iter().enumerate() {
         let view = shard.tensor(i, &spec.name)?;
@@ -46,10 +51,7 @@ fn npy_payload(dtype: DType, raw: Vec<u8>) -> (&'static str, Vec<u8>) {
         DType::F16 => ("<f2", raw),
         DType::F32 => ("<f4", raw),
         DType::BF16 => {
-            let wide = raw
-                .chunks_exact(2)
-                .flat_map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16).to_le_bytes())
-                .collect();
+            let wide = raw.chunks_exact(2).flat_map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16).to_le_bytes()).collect();
             ("<f4", wide)
         }
     }
@@ -95,9 +97,7 @@ pub fn write_npz(shard: &Shard, indices: &[usize], stacked: bool, out: &Path, co
     let mut zip = zip::ZipWriter::new(file);
     let method = if compress { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
     let member = |zip: &mut zip::ZipWriter<AtomicFile>, name: &str, descr: &str, shape: &[usize], data: &[u8]| -> Result<()> {
-        let opts = zip::write::FileOptions::default()
-            .compression_method(method)
-            .large_file(data.len() as u64 >= u32::MAX as u64 / 2);
+        let opts = zip::write::FileOptions::default().compression_method(method).large_file(data.len() as u64 >= u32::MAX as u64 / 2);
         zip.start_file(format!("{name}.npy"), opts).map_err(|e| export_err(out, format!("zip member {name}: {e}")))?;
         zip.write_all(&npy_header(descr, shape)).map_err(|e| FormatError::io(out, "writing npz", e))?;
         zip.write_all(data).map_err(|e| FormatError::io(out, "writing npz", e))?;
@@ -208,10 +208,7 @@ pub fn write_manifest_csv(rows: &[ManifestRow], out: &Path) -> Result<()> {
     let experts: BTreeSet<&String> = rows.iter().flat_map(|r| r.psnr.keys()).collect();
     let mut w = AtomicFile::create(out)?;
     let io = |e| FormatError::io(out, "writing csv", e);
-    let mut header = vec!["sample_id", "shard", "index", "source", "variant", "x", "y", "w", "h"]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
+    let mut header = vec!["sample_id", "shard", "index", "source", "variant", "x", "y", "w", "h"].into_iter().map(String::from).collect::<Vec<_>>();
     header.extend(experts.iter().map(|e| format!("psnr_{e}")));
     header.extend(["bytes".to_string(), "raw_bytes".to_string()]);
     writeln!(w, "{}", header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",")).map_err(io)?;

@@ -28,14 +28,13 @@ mod verify;
 pub use atomic::{write_atomic, AtomicFile};
 pub use codec::{decode_payload, encode, encode_owned, EncodedTensor};
 pub use dataset::{
-    check_output_dir, list_shards, shard_file_name, Dataset, DatasetLayout, DatasetOptions, DatasetSummary, DatasetWriter, DirState,
-    Resume,
+    check_output_dir, list_shards, shard_file_name, Dataset, DatasetLayout, DatasetOptions, DatasetSummary, DatasetWriter, DirState, Resume,
 };
 pub use error::{error_chain, CodecError, FormatError, Problem, Result};
 pub use manifest::{write_parquet, Manifest, ManifestRow, MANIFEST_FILE, PARTS_KEY, SKIPPED_KEY};
 pub use names::{attr, TensorName};
-pub use verify::{verify_dataset, VerifyReport};
 pub use shard::{Shard, ShardSummary, ShardWriter, TensorView, FORMAT_VERSION, MAGIC, MAGIC_END};
+pub use verify::{verify_dataset, VerifyReport};
 
 /// Element type of a tensor as stored (little-endian). bf16 is carried as its u16 bit pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -198,9 +197,7 @@ impl Schema {
                 return bad(format!("tensor {:?}: shape {:?} overflows", t.name, t.shape));
             }
             match t.codec {
-                Codec::AffineU8 if !t.dtype.is_float() => {
-                    return bad(format!("tensor {:?}: affine_u8 needs a float dtype, got {}", t.name, t.dtype))
-                }
+                Codec::AffineU8 if !t.dtype.is_float() => return bad(format!("tensor {:?}: affine_u8 needs a float dtype, got {}", t.name, t.dtype)),
                 Codec::Zstd { level } | Codec::ShuffleZstd { level } if !(-7..=22).contains(&level) => {
                     return bad(format!("tensor {:?}: zstd level {level} outside -7..=22", t.name))
                 }

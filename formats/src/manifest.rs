@@ -147,9 +147,7 @@ impl Manifest {
             KeyValue::new(VERSION_KEY.to_string(), "1".to_string()),
             KeyValue::new(ROWS_CHECKSUM_KEY.to_string(), format!("{:016x}", rows_checksum(rows)?)),
         ];
-        kv.extend(
-            extra.iter().filter(|(k, _)| *k != VERSION_KEY && *k != ROWS_CHECKSUM_KEY).map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-        );
+        kv.extend(extra.iter().filter(|(k, _)| *k != VERSION_KEY && *k != ROWS_CHECKSUM_KEY).map(|(k, v)| KeyValue::new(k.clone(), v.clone())));
         let kv = kv.into_iter().map(|e| (e.key, e.value.unwrap_or_default())).collect();
         write_parquet(path, &batch, &kv)
     }

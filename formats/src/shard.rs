@@ -78,8 +78,7 @@ impl ShardWriter {
         schema.validate()?;
         let tmp = tmp_path(path);
         let file = File::create(&tmp).map_err(|e| FormatError::io(&tmp, "creating shard", e))?;
-        let schema_json = serde_json::to_vec(&schema)
-            .map_err(|e| FormatError::InvalidInput { what: format!("schema does not serialize: {e}") })?;
+        let schema_json = serde_json::to_vec(&schema).map_err(|e| FormatError::InvalidInput { what: format!("schema does not serialize: {e}") })?;
         let mut header = [0u8; HEADER_LEN];
         header[0..8].copy_from_slice(&MAGIC);
         header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -185,8 +184,8 @@ impl ShardWriter {
             }
         }
         let table_len = index.len() as u64;
-        let metas = serde_json::to_vec(&self.metas)
-            .map_err(|e| FormatError::InvalidInput { what: format!("sample metadata does not serialize: {e}") })?;
+        let metas =
+            serde_json::to_vec(&self.metas).map_err(|e| FormatError::InvalidInput { what: format!("sample metadata does not serialize: {e}") })?;
         index.extend_from_slice(&metas);
         let mut footer = [0u8; FOOTER_LEN];
         footer[0..8].copy_from_slice(&index_offset.to_le_bytes());
@@ -219,8 +218,15 @@ struct Line([u8; 64]);
 enum Backing {
     /// The mapped file, kept open so its length can be re-checked: a file truncated under a map makes any
     /// access past the new end fault (SIGBUS) instead of returning an error.
-    Map { map: Mmap, file: File, _registered: crate::sigbus::Registration },
-    Owned { lines: Vec<Line>, len: usize },
+    Map {
+        map: Mmap,
+        file: File,
+        _registered: crate::sigbus::Registration,
+    },
+    Owned {
+        lines: Vec<Line>,
+        len: usize,
+    },
 }
 
 impl Backing {
@@ -335,8 +341,7 @@ impl Shard {
         if fversion != version {
             return Err(corrupt("footer", format!("footer version {fversion} != header version {version}")));
         }
-        let (index_offset, table_len, meta_len, n_samples) =
-            (u64_at(footer, 0), u64_at(footer, 8), u64_at(footer, 16), u64_at(footer, 24));
+        let (index_offset, table_len, meta_len, n_samples) = (u64_at(footer, 0), u64_at(footer, 8), u64_at(footer, 16), u64_at(footer, 24));
         let n_tensors = u32_at(footer, 44) as usize;
         if n_tensors != schema.tensors.len() {
             return Err(FormatError::SchemaMismatch {
@@ -346,10 +351,10 @@ impl Shard {
         }
         let index_end = index_offset.checked_add(table_len).and_then(|x| x.checked_add(meta_len));
         if index_offset < payload_start || index_end != Some(have - FOOTER_LEN as u64) {
-            return Err(corrupt("footer", format!(
-                "index at {index_offset} (+{table_len} +{meta_len}) does not end at the footer ({})",
-                have - FOOTER_LEN as u64
-            )));
+            return Err(corrupt(
+                "footer",
+                format!("index at {index_offset} (+{table_len} +{meta_len}) does not end at the footer ({})", have - FOOTER_LEN as u64),
+            ));
         }
         if n_samples.checked_mul(n_tensors as u64).and_then(|x| x.checked_mul(ENTRY_LEN as u64)) != Some(table_len) {
             return Err(corrupt("footer", format!("{n_samples} samples x {n_tensors} tensors do not fill a {table_len}-byte table")));
@@ -369,7 +374,7 @@ impl Shard {
             let e = Entry { offset: u64_at(c, 0), len: u64_at(c, 8), raw_len: u64_at(c, 16), checksum: u64_at(c, 24) };
             let spec = &schema.tensors[k % n_tensors];
             let bad = |what: String| FormatError::CorruptEntry { path: path.clone(), sample: k / n_tensors, tensor: spec.name.clone(), what };
-            if e.offset < payload_start || e.offset % ALIGN != 0 || e.offset.checked_add(e.len).is_none_or(|end| end > index_offset) {
+            if e.offset < payload_start || !e.offset.is_multiple_of(ALIGN) || e.offset.checked_add(e.len).is_none_or(|end| end > index_offset) {
                 return Err(bad(format!("payload [{}, +{}) outside the payload area [{payload_start}, {index_offset})", e.offset, e.len)));
             }
             if Some(e.raw_len) != spec.raw_len().map(|n| n as u64) {
@@ -457,13 +462,18 @@ impl Shard {
         self.check_sample(i)?;
         self.check_unchanged()?;
         let n = self.schema.tensors.len();
-        let spec = self.schema.tensors.get(t).ok_or_else(|| FormatError::InvalidInput {
-            what: format!("tensor position {t} out of range ({n} tensors)"),
-        })?;
+        let spec = self
+            .schema
+            .tensors
+            .get(t)
+            .ok_or_else(|| FormatError::InvalidInput { what: format!("tensor position {t} out of range ({n} tensors)") })?;
         let e = self.entries[i * n + t];
         // Bounds were validated on open; `get` keeps this panic-free regardless.
-        let payload = self.data.bytes().get(e.offset as usize..(e.offset + e.len) as usize).ok_or_else(|| {
-            FormatError::CorruptEntry { path: self.path.clone(), sample: i, tensor: spec.name.clone(), what: "payload out of bounds".into() }
+        let payload = self.data.bytes().get(e.offset as usize..(e.offset + e.len) as usize).ok_or_else(|| FormatError::CorruptEntry {
+            path: self.path.clone(),
+            sample: i,
+            tensor: spec.name.clone(),
+            what: "payload out of bounds".into(),
         })?;
         Ok(TensorView { shard: self, sample: i, entry: i * n + t, spec, payload, checksum: e.checksum })
     }

@@ -99,7 +99,8 @@ pub(crate) fn cross_check(manifest: &Path, rows: &[ManifestRow], shards: &[(&str
     }
     let mut seen: HashMap<(&str, u64), usize> = HashMap::new();
     for (r, row) in rows.iter().enumerate() {
-        let at = |what: String| problem(manifest, Some(r), None, format!("row {r} (sample {:?}, {} #{}): {what}", row.sample_id, row.shard, row.index));
+        let at =
+            |what: String| problem(manifest, Some(r), None, format!("row {r} (sample {:?}, {} #{}): {what}", row.sample_id, row.shard, row.index));
         if let Some(prev) = seen.insert((row.shard.as_str(), row.index), r) {
             problems.push(at(format!("same shard sample as row {prev}")));
             continue;

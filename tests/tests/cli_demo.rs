@@ -7,12 +7,7 @@ use srcache_tests::srcache_bin;
 
 fn run(args: &[&str]) -> std::process::Output {
     let out = Command::new(srcache_bin()).args(args).output().expect("run srcache");
-    assert!(
-        out.status.success(),
-        "srcache {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "srcache {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -28,8 +23,7 @@ fn demo_then_verify_eval_and_infer() {
     }
 
     // The report folder: a JSON table with a row per method, the curve and one contact sheet per held-out image.
-    let table: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report/table.json")).expect("table.json")).expect("json");
+    let table: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report/table.json")).expect("table.json")).expect("json");
     let rows = table.as_array().expect("rows");
     assert_eq!(rows.len(), 5);
     for r in rows {
@@ -62,9 +56,8 @@ fn demo_then_verify_eval_and_infer() {
         "128",
     ]);
     let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("eval.json")).expect("json");
-    let fused = |v: &serde_json::Value| {
-        v.as_array().and_then(|a| a.iter().find(|r| r["method"] == "fused")).map(|r| r["psnr"].as_f64().unwrap_or(0.0))
-    };
+    let fused =
+        |v: &serde_json::Value| v.as_array().and_then(|a| a.iter().find(|r| r["method"] == "fused")).map(|r| r["psnr"].as_f64().unwrap_or(0.0));
     let (a, b) = (fused(&eval).expect("fused row"), fused(&table).expect("fused row"));
     // Same tiles as the demo; only float summation order may differ.
     assert!((a - b).abs() < 1e-3, "eval {a} vs demo {b}");

@@ -6,9 +6,7 @@ use std::process::{Command, Output};
 
 use half::f16;
 use image::imageops::FilterType;
-use srcache_formats::{
-    Codec, DType, DatasetOptions, DatasetWriter, Manifest, PatchBox, SampleMeta, Schema, TensorSpec, MANIFEST_FILE,
-};
+use srcache_formats::{Codec, DType, DatasetOptions, DatasetWriter, Manifest, PatchBox, SampleMeta, Schema, TensorSpec, MANIFEST_FILE};
 use srcache_tests::{photos_dir, srcache_bin, venv_python};
 
 const LR: usize = 16;
@@ -95,11 +93,8 @@ fn text(o: &Output) -> String {
 }
 
 fn shards(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("ls")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "srs"))
-        .collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).expect("ls").map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|e| e == "srs")).collect();
     v.sort();
     v
 }

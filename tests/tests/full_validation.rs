@@ -124,7 +124,9 @@ fn training_validates_on_full_images_and_logs_parquet_and_curves() {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 4);
     let b = &batches[0];
-    for col in ["step", "loss", "charbonnier", "l1", "lr", "grad_norm", "steps_per_s", "samples_per_s", "val_psnr", "val_ssim", "val_best_expert_psnr"] {
+    for col in
+        ["step", "loss", "charbonnier", "l1", "lr", "grad_norm", "steps_per_s", "samples_per_s", "val_psnr", "val_ssim", "val_best_expert_psnr"]
+    {
         assert!(b.column_by_name(col).is_some(), "no column {col}");
     }
     let f = |n: &str| b.column_by_name(n).and_then(|c| c.as_any().downcast_ref::<Float64Array>()).expect(n).clone();
@@ -137,9 +139,7 @@ fn training_validates_on_full_images_and_logs_parquet_and_curves() {
     assert_eq!((0..4).map(|i| val.is_valid(i)).collect::<Vec<_>>(), [false, true, false, true]);
     assert_eq!(val.value(3), mean_fused);
     let best = f("val_best_expert_psnr");
-    let want_best = (1..4)
-        .map(|k| (s.val_full[0].rows[k].psnr + s.val_full[1].rows[k].psnr) / 2.0)
-        .fold(f64::MIN, f64::max);
+    let want_best = (1..4).map(|k| (s.val_full[0].rows[k].psnr + s.val_full[1].rows[k].psnr) / 2.0).fold(f64::MIN, f64::max);
     assert_eq!(best.value(3), want_best);
 
     let png = image::open(run.join("curves.png")).expect("curves.png");

@@ -21,9 +21,7 @@ fn conv_net_traces_saves_loads_and_matches() -> Result<(), tch::TchError> {
 
     // Tracing records parameters as constants, which torch refuses for tensors that require grad.
     vs.freeze();
-    let traced = CModule::create_by_tracing("Net", "forward", &[x.shallow_clone()], &mut |inputs| {
-        vec![net.forward(&inputs[0])]
-    })?;
+    let traced = CModule::create_by_tracing("Net", "forward", &[x.shallow_clone()], &mut |inputs| vec![net.forward(&inputs[0])])?;
     let dir = tempfile::tempdir().map_err(|e| tch::TchError::FileFormat(e.to_string()))?;
     let path = dir.path().join("net.pt");
     traced.save(&path)?;

@@ -110,7 +110,10 @@ fn contact_sheet(out: &ImageResult, hr: &RgbImage, scale: u32, path: &Path) -> R
     let crop = 160u32.min(hr.width()).min(hr.height());
     let (cx, cy) = ((hr.width() - crop) / 2, (hr.height() - crop) / 2);
     let cut = |img: &RgbImage| image::imageops::crop_imm(img, cx, cy, crop, crop).to_image();
-    let mut tiles: Vec<(String, RgbImage)> = vec![("HR".into(), cut(hr)), (format!("MATLAB BICUBIC {:.2}DB", srcache_ingest::metrics::psnr_y(&out.bicubic, hr, scale)), cut(&out.bicubic))];
+    let mut tiles: Vec<(String, RgbImage)> = vec![
+        ("HR".into(), cut(hr)),
+        (format!("MATLAB BICUBIC {:.2}DB", srcache_ingest::metrics::psnr_y(&out.bicubic, hr, scale)), cut(&out.bicubic)),
+    ];
     for (n, img) in &out.experts {
         tiles.push((format!("{} {:.2}DB", n.to_uppercase(), srcache_ingest::metrics::psnr_y(img, hr, scale)), cut(img)));
     }
@@ -174,7 +177,10 @@ pub fn run(a: Args) -> Result<()> {
         srcache_trainer::train::remove_run(&run_dir)?;
     }
     let pb = indicatif::ProgressBar::new(tcfg.steps);
-    pb.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} eta {eta} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let ts = srcache_trainer::train(&tcfg, &cache_dir, &run_dir, false, &mut |row| {
         pb.set_position(row.step);
         pb.set_message(format!("loss {:.5}", row.loss));

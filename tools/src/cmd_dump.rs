@@ -61,8 +61,7 @@ fn load(shard: &Shard, i: usize, name: &str, div: f32) -> Result<Chw> {
 fn contact_sheet(shard: &Shard, i: usize) -> Result<RgbImage> {
     let lr = load(shard, i, "lr", 255.0)?;
     let hr = load(shard, i, "hr", 255.0)?;
-    let experts: Vec<String> =
-        shard.schema().tensors.iter().filter_map(|t| t.name.strip_prefix("sr/").map(String::from)).collect();
+    let experts: Vec<String> = shard.schema().tensors.iter().filter_map(|t| t.name.strip_prefix("sr/").map(String::from)).collect();
     let meta = shard.meta(i)?.clone();
     let zoom = MIN_TILE.div_ceil(hr.w.min(hr.h).max(1) as u32).max(1);
     let (tw, th) = (hr.w as u32 * zoom, hr.h as u32 * zoom);
@@ -111,8 +110,7 @@ fn contact_sheet(shard: &Shard, i: usize) -> Result<RgbImage> {
 
 fn channel_mean(f: &Chw) -> RgbImage {
     let plane = f.h * f.w;
-    let m: Vec<f32> =
-        (0..plane).map(|p| (0..f.c).map(|ch| f.data[ch * plane + p]).sum::<f32>() / f.c.max(1) as f32).collect();
+    let m: Vec<f32> = (0..plane).map(|p| (0..f.c).map(|ch| f.data[ch * plane + p]).sum::<f32>() / f.c.max(1) as f32).collect();
     let mut s = m.clone();
     let (lo, hi) = (render::quantile(&mut s, 0.01), render::quantile(&mut s, 0.99));
     render::heatmap(&m, f.h, f.w, lo, hi)
@@ -155,8 +153,7 @@ fn pca_rgb(f: &Chw) -> RgbImage {
                 cov[a * c + b] -= lambda * v[a] * v[b];
             }
         }
-        let proj: Vec<f32> =
-            (0..plane).map(|p| (0..c).map(|a| (f.data[a * plane + p] as f64 - mean[a]) * v[a]).sum::<f64>() as f32).collect();
+        let proj: Vec<f32> = (0..plane).map(|p| (0..c).map(|a| (f.data[a * plane + p] as f64 - mean[a]) * v[a]).sum::<f64>() as f32).collect();
         let mut s = proj.clone();
         let (lo, hi) = (render::quantile(&mut s, 0.01), render::quantile(&mut s, 0.99));
         let span = (hi - lo).max(f32::EPSILON);

@@ -94,10 +94,8 @@ pub fn run(args: Args) -> Result<()> {
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(&format!(
-        "{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {what} ({{per_sec}}, eta {{eta}}) {{msg}}"
-    ))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(&format!("{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {what} ({{per_sec}}, eta {{eta}}) {{msg}}"))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
     pb.set_style(style);
     pb
 }
@@ -120,7 +118,11 @@ fn report_skipped(skipped: &[srcache_ingest::Skipped]) {
         for s in skipped {
             // Reasons usually name the file already.
             let path = s.path.display().to_string();
-            if s.reason.contains(&path) { eprintln!("  {}", s.reason) } else { eprintln!("  {path}: {}", s.reason) }
+            if s.reason.contains(&path) {
+                eprintln!("  {}", s.reason)
+            } else {
+                eprintln!("  {path}: {}", s.reason)
+            }
         }
     }
 }

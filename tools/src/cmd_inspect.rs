@@ -153,7 +153,11 @@ pub(crate) fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 fn print_text(r: &Report) {
@@ -192,7 +196,11 @@ fn print_text(r: &Report) {
             let field = |name: &str| k.get(name).and_then(|v| v.as_str()).unwrap_or("?").to_string();
             let (path, reason) = (field("path"), field("reason"));
             // Reasons usually name the file already.
-            if reason.contains(&path) { println!("  {reason}") } else { println!("  {path}: {reason}") }
+            if reason.contains(&path) {
+                println!("  {reason}")
+            } else {
+                println!("  {path}: {reason}")
+            }
         }
     }
 }

@@ -74,8 +74,15 @@ fn value_ranges(args: &Args) -> Result<()> {
     for k in 0..want {
         let mut g = k * total / want;
         let Some(shard) = shards.iter().find(|s| {
-            if g < s.len() { true } else { g -= s.len(); false }
-        }) else { break };
+            if g < s.len() {
+                true
+            } else {
+                g -= s.len();
+                false
+            }
+        }) else {
+            break;
+        };
         for (t, a) in acc.iter_mut().enumerate() {
             for v in shard.tensor_at(g, t)?.to_f32()? {
                 a.0 = a.0.min(v);

@@ -43,8 +43,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     let pb = ProgressBar::new(cfg.steps);
     pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} eta {eta} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb.enable_steady_tick(Duration::from_millis(500));
     let mut last_rate = (0.0, 0.0);
@@ -58,7 +57,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     })
     .with_context(|| format!("training on {}", a.data.display()))?;
     pb.finish();
-    println!("run {}: {} steps, final loss {:.5}, {} params, {:.1} samples/s", summary.run_dir.display(), summary.steps, summary.final_loss, summary.params, summary.samples_per_s);
+    println!(
+        "run {}: {} steps, final loss {:.5}, {} params, {:.1} samples/s",
+        summary.run_dir.display(),
+        summary.steps,
+        summary.final_loss,
+        summary.params,
+        summary.samples_per_s
+    );
     // Each table ends with the fused − best-expert margin.
     for v in summary.val.iter().chain(&summary.val_full) {
         print!("{v}");

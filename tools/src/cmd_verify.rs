@@ -21,7 +21,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
-    bar.set_style(ProgressStyle::with_template("verify [{bar:30}] {pos}/{len} shards {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("verify [{bar:30}] {pos}/{len} shards {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let report = srcache_formats::verify_dataset(&args.path, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

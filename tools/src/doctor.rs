@@ -25,19 +25,12 @@ pub fn run() -> anyhow::Result<()> {
 /// one built against): find libtorch_cpu.so in our own memory map and read the wheel's `version.py` beside it.
 fn loaded_torch() -> (String, Option<PathBuf>) {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let lib = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.ends_with("/libtorch_cpu.so"))
-        .map(PathBuf::from);
+    let lib = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.ends_with("/libtorch_cpu.so")).map(PathBuf::from);
     let version = lib
         .as_ref()
         .and_then(|l| l.parent()?.parent().map(|torch| torch.join("version.py")))
         .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_string()))
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_string())))
         .unwrap_or_else(|| "unknown (libtorch has no version.py beside it)".into());
     (version, lib.map(|l| l.parent().map(|p| p.to_path_buf()).unwrap_or(l)))
 }

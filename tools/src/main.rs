@@ -63,7 +63,6 @@ enum Command {
     Bench(bench::Bench),
 }
 
-
 /// Keeps freed buffers in the malloc heap instead of handing them back to the kernel. The pipelines allocate and
 /// free multi-MB images, patches and batches on several threads; glibc's defaults mmap/munmap each one, and every
 /// munmap is a cross-core TLB shootdown plus fresh page faults on the next allocation (~10% of ingest CPU in

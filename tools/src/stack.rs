@@ -36,8 +36,11 @@ pub struct StackArgs {
     pub overlap: i64,
 }
 
+/// (name, source) of each expert, the scale and the patch size a cache records.
+type CacheExperts = (Vec<(String, ExpertSource)>, Option<u32>, Option<u32>);
+
 /// What a cache says about its experts: (name, source) in name order, the scale and the patch size.
-fn from_cache(dir: &Path) -> Result<(Vec<(String, ExpertSource)>, Option<u32>, Option<u32>)> {
+fn from_cache(dir: &Path) -> Result<CacheExperts> {
     let ds = Dataset::open(dir).with_context(|| format!("reading the experts of cache {}", dir.display()))?;
     let schema = ds.schema().with_context(|| format!("{}: dataset has no shards", dir.display()))?;
     let names = schema.sr_experts();

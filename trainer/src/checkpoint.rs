@@ -51,7 +51,10 @@ pub fn save(run: &Path, state: &TrainState, vs: &VarStore, ema: &VarStore, opt: 
         std::fs::remove_dir_all(&final_dir).map_err(io_err(&final_dir))?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
-    srcache_formats::write_atomic(&root.join("latest"), final_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes())?;
+    srcache_formats::write_atomic(
+        &root.join("latest"),
+        final_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes(),
+    )?;
     Ok(final_dir)
 }
 

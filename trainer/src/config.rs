@@ -86,12 +86,7 @@ pub struct LossConfig {
 
 impl LossConfig {
     pub fn weights_at(&self, step: u64) -> &LossWeights {
-        self.stages
-            .iter()
-            .filter(|s| s.from_step <= step)
-            .max_by_key(|s| s.from_step)
-            .map(|s| &s.weights)
-            .unwrap_or(&self.weights)
+        self.stages.iter().filter(|s| s.from_step <= step).max_by_key(|s| s.from_step).map(|s| &s.weights).unwrap_or(&self.weights)
     }
 }
 

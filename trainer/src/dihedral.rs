@@ -25,13 +25,23 @@ fn check(bytes: usize, [ch, h, w]: [usize; 3], es: usize, (y0, x0, side): Crop) 
 
 /// Source row of output row `i` (in the crop, or in its transpose) under a vertical flip.
 fn src_row(i: usize, side: usize, fv: bool) -> usize {
-    if fv { side - 1 - i } else { i }
+    if fv {
+        side - 1 - i
+    } else {
+        i
+    }
 }
 
 /// The rows of one plane that the output rows are read from, as (rows, row stride, (y, x) offset): the crop
 /// in place, or for a transposing transform its transpose written into `tr` (SIMD blocks when the side allows).
 /// Output row i is then `rows[(off.0 + src_row(i)) * stride + off.1..][..side]`, reversed for a horizontal flip.
-fn oriented<'a, const N: usize>(plane: &'a [[u8; N]], w: usize, crop: Crop, transpose: bool, tr: &'a mut Vec<u8>) -> (&'a [[u8; N]], usize, (usize, usize)) {
+fn oriented<'a, const N: usize>(
+    plane: &'a [[u8; N]],
+    w: usize,
+    crop: Crop,
+    transpose: bool,
+    tr: &'a mut Vec<u8>,
+) -> (&'a [[u8; N]], usize, (usize, usize)) {
     let (y0, x0, side) = crop;
     if !transpose {
         return (plane, w, (y0, x0));
@@ -45,7 +55,14 @@ fn oriented<'a, const N: usize>(plane: &'a [[u8; N]], w: usize, crop: Crop, tran
 }
 
 /// Crops and transforms a CHW tensor of `N`-byte elements (N = 1 or 2) without changing the dtype.
-pub(crate) fn transform_copy<const N: usize>(bytes: &[u8], shape: [usize; 3], crop: Crop, d: u8, out: &mut [u8], scratch: &mut Vec<u8>) -> Result<(), String> {
+pub(crate) fn transform_copy<const N: usize>(
+    bytes: &[u8],
+    shape: [usize; 3],
+    crop: Crop,
+    d: u8,
+    out: &mut [u8],
+    scratch: &mut Vec<u8>,
+) -> Result<(), String> {
     check(bytes.len(), shape, N, crop)?;
     let [ch, h, w] = shape;
     let side = crop.2;
@@ -69,7 +86,16 @@ pub(crate) fn transform_copy<const N: usize>(bytes: &[u8], shape: [usize; 3], cr
 
 /// Crops and transforms a CHW tensor stored as little-endian `dtype` into f32 (u8 times `norm`).
 #[allow(clippy::too_many_arguments, reason = "the hot per-tensor call; a struct would only rename the same values")]
-pub(crate) fn transform_f32(bytes: &[u8], dtype: DType, shape: [usize; 3], norm: f32, crop: Crop, d: u8, out: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), String> {
+pub(crate) fn transform_f32(
+    bytes: &[u8],
+    dtype: DType,
+    shape: [usize; 3],
+    norm: f32,
+    crop: Crop,
+    d: u8,
+    out: &mut [f32],
+    scratch: &mut Vec<u8>,
+) -> Result<(), String> {
     let [ch, h, w] = shape;
     let (y0, x0, side) = crop;
     check(bytes.len(), shape, dtype.size_of(), crop)?;
@@ -226,13 +252,21 @@ mod x86 {
             let r: [__m128i; 8] = std::array::from_fn(|k| _mm_loadu_si128(src.add(k * ss) as *const __m128i));
             let a: [__m128i; 8] = std::array::from_fn(|k| {
                 let (p, q) = (r[k / 2 * 2], r[k / 2 * 2 + 1]);
-                if k % 2 == 0 { _mm_unpacklo_epi16(p, q) } else { _mm_unpackhi_epi16(p, q) }
+                if k % 2 == 0 {
+                    _mm_unpacklo_epi16(p, q)
+                } else {
+                    _mm_unpackhi_epi16(p, q)
+                }
             });
             // b[k]: 32-bit interleave of a[...] pairs (0,2),(1,3) for rows 0-3 and (4,6),(5,7) for rows 4-7.
             let b: [__m128i; 8] = std::array::from_fn(|k| {
                 let base = k / 4 * 4;
                 let (p, q) = (a[base + k % 4 / 2], a[base + k % 4 / 2 + 2]);
-                if k % 2 == 0 { _mm_unpacklo_epi32(p, q) } else { _mm_unpackhi_epi32(p, q) }
+                if k % 2 == 0 {
+                    _mm_unpacklo_epi32(p, q)
+                } else {
+                    _mm_unpackhi_epi32(p, q)
+                }
             });
             for k in 0..8 {
                 let (p, q) = (b[k / 2], b[k / 2 + 4]);
@@ -252,19 +286,31 @@ mod x86 {
             // t[2m], t[2m+1]: bytes of rows (2m, 2m+1) interleaved, columns 0-7 and 8-15.
             let t: [__m128i; 16] = std::array::from_fn(|k| {
                 let (p, q) = (r[k / 2 * 2], r[k / 2 * 2 + 1]);
-                if k % 2 == 0 { _mm_unpacklo_epi8(p, q) } else { _mm_unpackhi_epi8(p, q) }
+                if k % 2 == 0 {
+                    _mm_unpacklo_epi8(p, q)
+                } else {
+                    _mm_unpackhi_epi8(p, q)
+                }
             });
             // u: 16-bit interleave of t pairs (0,2),(1,3) within each group of 4 rows.
             let u: [__m128i; 16] = std::array::from_fn(|k| {
                 let base = k / 4 * 4;
                 let (p, q) = (t[base + k % 4 / 2], t[base + k % 4 / 2 + 2]);
-                if k % 2 == 0 { _mm_unpacklo_epi16(p, q) } else { _mm_unpackhi_epi16(p, q) }
+                if k % 2 == 0 {
+                    _mm_unpacklo_epi16(p, q)
+                } else {
+                    _mm_unpackhi_epi16(p, q)
+                }
             });
             // v: 32-bit interleave of u pairs (k, k+4) within each group of 8 rows.
             let v: [__m128i; 16] = std::array::from_fn(|k| {
                 let base = k / 8 * 8;
                 let (p, q) = (u[base + k % 8 / 2], u[base + k % 8 / 2 + 4]);
-                if k % 2 == 0 { _mm_unpacklo_epi32(p, q) } else { _mm_unpackhi_epi32(p, q) }
+                if k % 2 == 0 {
+                    _mm_unpacklo_epi32(p, q)
+                } else {
+                    _mm_unpackhi_epi32(p, q)
+                }
             });
             for k in 0..16 {
                 let (p, q) = (v[k / 2], v[k / 2 + 8]);

@@ -4,9 +4,17 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TrainerError {
     #[error("{what}")]
-    Torch { what: String, #[source] source: srcache_experts::TorchFailure },
+    Torch {
+        what: String,
+        #[source]
+        source: srcache_experts::TorchFailure,
+    },
     #[error("{path}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Format(#[from] srcache_formats::FormatError),
     #[error("bad config {what}: {why}")]

@@ -6,6 +6,7 @@
 //! worker count and a [`LoaderPosition`] is all a checkpoint needs to resume mid-epoch.
 
 use crate::config::{LoaderConfig, ShuffleMode};
+use crate::dihedral::{transform_copy, transform_f32};
 use crate::error::{Result, TorchCtx, TrainerError};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use rand::seq::SliceRandom;
@@ -13,7 +14,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use srcache_formats::{DType, Dataset};
-use crate::dihedral::{transform_copy, transform_f32};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tch::{Device, Kind, Tensor};
@@ -124,10 +124,8 @@ pub struct Loader {
 impl Loader {
     /// Names of the experts in a dataset (every `sr/<name>`), sorted.
     pub fn dataset_experts(ds: &Dataset) -> Vec<String> {
-        let mut v: Vec<String> = ds
-            .schema()
-            .map(|s| s.tensors.iter().filter_map(|t| t.name.strip_prefix("sr/").map(str::to_string)).collect())
-            .unwrap_or_default();
+        let mut v: Vec<String> =
+            ds.schema().map(|s| s.tensors.iter().filter_map(|t| t.name.strip_prefix("sr/").map(str::to_string)).collect()).unwrap_or_default();
         v.sort();
         v
     }
@@ -293,10 +291,13 @@ pub fn epoch_order(ds: &Dataset, indices: &[usize], mode: ShuffleMode, seed: u64
                 groups[k].push(g);
             }
             groups.shuffle(&mut rng);
-            groups.into_iter().flat_map(|mut g| {
-                g.shuffle(&mut rng);
-                g
-            }).collect()
+            groups
+                .into_iter()
+                .flat_map(|mut g| {
+                    g.shuffle(&mut rng);
+                    g
+                })
+                .collect()
         }
     }
 }
@@ -375,7 +376,11 @@ impl Job {
                     _ if es == 1 => transform_copy::<1>(bytes, f.shape, crop, d, out, tscratch),
                     _ => transform_copy::<2>(bytes, f.shape, crop, d, out, tscratch),
                 };
-                done.map_err(|why| TrainerError::Sample { sample: global as u64, tensor: self.ds.schema().map(|s| s.tensors[f.pos].name.clone()).unwrap_or_default(), why })?;
+                done.map_err(|why| TrainerError::Sample {
+                    sample: global as u64,
+                    tensor: self.ds.schema().map(|s| s.tensors[f.pos].name.clone()).unwrap_or_default(),
+                    why,
+                })?;
             }
         }
         let batch = Batch { lr, hr, sr, feat, indices };

@@ -58,11 +58,14 @@ pub fn haar_wavelet(x: &Tensor, y: &Tensor) -> Result<Tensor> {
 
 pub const LOSS_NAMES: [&str; 6] = ["l1", "charbonnier", "ssim", "fft", "edge", "wavelet"];
 
+/// One loss term: (output, target) -> scalar.
+type LossFn = fn(&Tensor, &Tensor) -> Result<Tensor>;
+
 /// Weighted sum of the active terms plus each term's value (name, value) for logging.
 pub fn total(x: &Tensor, y: &Tensor, w: &LossWeights) -> Result<(Tensor, Vec<(&'static str, Tensor)>)> {
     let mut parts: Vec<(&'static str, Tensor)> = Vec::new();
     let mut sum: Option<Tensor> = None;
-    let terms: [(&'static str, f64, fn(&Tensor, &Tensor) -> Result<Tensor>); 6] = [
+    let terms: [(&'static str, f64, LossFn); 6] = [
         ("l1", w.l1, l1),
         ("charbonnier", w.charbonnier, charbonnier),
         ("ssim", w.ssim, ssim_loss),

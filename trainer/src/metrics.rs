@@ -112,8 +112,21 @@ impl MetricsCsv {
         let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
         let line = format!(
             "{},{:.6},{},{},{},{},{},{},{:.3e},{:.4},{:.3},{:.2},{},{},{}\n",
-            r.step, r.loss, part("l1"), part("charbonnier"), part("ssim"), part("fft"), part("edge"), part("wavelet"),
-            r.lr, r.grad_norm, r.steps_per_s, r.samples_per_s, opt(r.val_psnr), opt(r.val_ssim), opt(r.val_best_expert_psnr)
+            r.step,
+            r.loss,
+            part("l1"),
+            part("charbonnier"),
+            part("ssim"),
+            part("fft"),
+            part("edge"),
+            part("wavelet"),
+            r.lr,
+            r.grad_norm,
+            r.steps_per_s,
+            r.samples_per_s,
+            opt(r.val_psnr),
+            opt(r.val_ssim),
+            opt(r.val_best_expert_psnr)
         );
         self.file.write_all(line.as_bytes()).map_err(io_err(&self.path))
     }
@@ -198,7 +211,10 @@ pub fn read_parquet(path: &Path) -> Result<Vec<Row>> {
         let f = |name: &str| -> Result<&Float64Array> {
             batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<Float64Array>()).ok_or_else(|| err(format!("no f64 column {name:?}")))
         };
-        let step = batch.column_by_name("step").and_then(|c| c.as_any().downcast_ref::<UInt64Array>()).ok_or_else(|| err("no u64 column \"step\"".into()))?;
+        let step = batch
+            .column_by_name("step")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            .ok_or_else(|| err("no u64 column \"step\"".into()))?;
         let values: Vec<&Float64Array> = PQ_VALUES.iter().map(|n| f(n)).collect::<Result<_>>()?;
         let parts: Vec<(&str, &Float64Array)> = crate::losses::LOSS_NAMES.iter().map(|n| Ok((*n, f(n)?))).collect::<Result<_>>()?;
         let get = |c: &Float64Array, i: usize| c.is_valid(i).then(|| c.value(i));
@@ -271,7 +287,12 @@ pub fn plot(rows: &[Row], png: &Path) -> Result<()> {
         x_label: "step".into(),
         y_label: "lr".into(),
         log_y: false,
-        series: vec![Series { label: String::new(), color: SERIES_COLORS[1], style: Style::Line, points: rows.iter().map(|r| (r.step as f64, r.lr)).collect() }],
+        series: vec![Series {
+            label: String::new(),
+            color: SERIES_COLORS[1],
+            style: Style::Line,
+            points: rows.iter().map(|r| (r.step as f64, r.lr)).collect(),
+        }],
         empty: "no steps yet".into(),
     };
     let val: Vec<(f64, f64)> = rows.iter().filter_map(|r| Some((r.step as f64, r.val_psnr?))).collect();

@@ -88,7 +88,10 @@ impl Trunk {
         inputs.extend(srs.iter().map(|t| t.shallow_clone()));
         let mut fi = feats.iter();
         for proj in self.feats.iter().flatten() {
-            let f = fi.next().ok_or_else(|| TrainerError::Config { what: "fusion inputs".into(), why: "fewer feature tensors than experts with features".into() })?;
+            let f = fi.next().ok_or_else(|| TrainerError::Config {
+                what: "fusion inputs".into(),
+                why: "fewer feature tensors than experts with features".into(),
+            })?;
             inputs.push(proj.forward(f, hw)?);
         }
         let x = Tensor::f_cat(&inputs, 1).ctx("trunk concat")?;
@@ -152,10 +155,9 @@ impl FusionNet {
         let head = match cfg.head {
             // Zero logits give a uniform softmax, zero residual: output == expert mean at step 0.
             Head::Gating => HeadImpl::Gating { gate: Conv::zeros(&(&hp / "gate"), w, e, 3), residual: Conv::zeros(&(&hp / "res"), w, 3, 3) },
-            Head::Frequency => HeadImpl::Frequency {
-                gate: Conv::zeros(&(&hp / "gate"), w + 12, 4 * e, 3),
-                residual: Conv::zeros(&(&hp / "res"), w + 12, 12, 3),
-            },
+            Head::Frequency => {
+                HeadImpl::Frequency { gate: Conv::zeros(&(&hp / "gate"), w + 12, 4 * e, 3), residual: Conv::zeros(&(&hp / "res"), w + 12, 12, 3) }
+            }
             Head::Delta => HeadImpl::Delta { expert: cfg.delta_expert, residual: Conv::zeros(&(&hp / "res"), w, 3, 3) },
         };
         let edge = cfg.edge_refine.then(|| EdgeRefine::new(&(path / "edge"), cfg));

@@ -33,9 +33,7 @@ impl Conv {
 
 fn quads(x: &Tensor) -> Result<[Tensor; 4]> {
     let (h, w) = (x.size()[2], x.size()[3]);
-    let e = |dy: i64, dx: i64| -> Result<Tensor> {
-        x.f_slice(2, dy, h, 2)?.f_slice(3, dx, w, 2).ctx("haar slice")
-    };
+    let e = |dy: i64, dx: i64| -> Result<Tensor> { x.f_slice(2, dy, h, 2)?.f_slice(3, dx, w, 2).ctx("haar slice") };
     Ok([e(0, 0)?, e(0, 1)?, e(1, 0)?, e(1, 1)?])
 }
 

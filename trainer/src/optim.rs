@@ -115,7 +115,8 @@ impl AdamW {
         for (i, (name, _)) in self.params.iter().enumerate() {
             for (prefix, dst) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
                 let key = format!("{prefix}.{name}");
-                let src = map.get(&key).ok_or_else(|| TrainerError::Checkpoint { path: "optim.safetensors".into(), why: format!("missing {key}") })?;
+                let src =
+                    map.get(&key).ok_or_else(|| TrainerError::Checkpoint { path: "optim.safetensors".into(), why: format!("missing {key}") })?;
                 dst.f_copy_(src).ctx("load adam state")?;
             }
         }

@@ -137,7 +137,6 @@ fn glyph(ch: char) -> [u8; 7] {
     }
 }
 
-
 pub const INK: Rgb<u8> = Rgb([30, 30, 30]);
 const GRID: Rgb<u8> = Rgb([228, 228, 228]);
 const AXIS_GREY: Rgb<u8> = Rgb([110, 110, 110]);
@@ -247,7 +246,17 @@ pub fn draw_panel(c: &mut Canvas, x: i64, y: i64, w: i64, h: i64, panel: &Panel,
     c.text(x + 10, y_label_y, &panel.y_label, 1, AXIS_GREY);
     let (left, right, top, bottom) = (x + 62, x + w - 16, y_label_y + text_height(1) + 8, y + h - 44);
     let (pw, ph) = (right - left, bottom - top);
-    let tf = |v: f64| if panel.log_y { if v > 0.0 { v.log10() } else { f64::NAN } } else { v };
+    let tf = |v: f64| {
+        if panel.log_y {
+            if v > 0.0 {
+                v.log10()
+            } else {
+                f64::NAN
+            }
+        } else {
+            v
+        }
+    };
     let pts: Vec<(f64, f64)> =
         panel.series.iter().flat_map(|s| s.points.iter().map(|p| (p.0, tf(p.1)))).filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
     let (x0, mut x1) = x_range;
@@ -376,14 +385,8 @@ pub const PALETTE: [Rgb<u8>; 8] = [
 /// Inferno-like colormap: t in [0,1] -> black, purple, orange, pale yellow. Perceptually ordered, so larger
 /// errors read as brighter even in greyscale prints.
 pub fn colormap(t: f32) -> Rgb<u8> {
-    const STOPS: [[f32; 3]; 6] = [
-        [0.0, 0.0, 4.0],
-        [66.0, 10.0, 104.0],
-        [147.0, 38.0, 103.0],
-        [221.0, 81.0, 58.0],
-        [252.0, 165.0, 10.0],
-        [252.0, 255.0, 164.0],
-    ];
+    const STOPS: [[f32; 3]; 6] =
+        [[0.0, 0.0, 4.0], [66.0, 10.0, 104.0], [147.0, 38.0, 103.0], [221.0, 81.0, 58.0], [252.0, 165.0, 10.0], [252.0, 255.0, 164.0]];
     let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
     let pos = t * (STOPS.len() - 1) as f32;
     let i = (pos.floor() as usize).min(STOPS.len() - 2);
@@ -448,7 +451,6 @@ pub fn quantile(v: &mut [f32], q: f64) -> f32 {
     let f = (pos - lo as f64) as f32;
     v[lo] + (v[hi] - v[lo]) * f
 }
-
 
 /// One histogram panel: `counts` as bars over `[lo, hi]`, a title, and the range printed under the axis.
 pub struct HistPanel<'a> {

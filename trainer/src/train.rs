@@ -48,7 +48,13 @@ impl BatchSource for MemorySource {
         let n = self.batches.len().max(1) as u64;
         let b = self.batches.get((self.next % n) as usize).ok_or_else(|| TrainerError::Loader { why: "no batches".into() })?;
         self.next += 1;
-        Ok(Batch { lr: b.lr.shallow_clone(), hr: b.hr.shallow_clone(), sr: b.sr.iter().map(|t| t.shallow_clone()).collect(), feat: b.feat.iter().map(|t| t.shallow_clone()).collect(), indices: b.indices.clone() })
+        Ok(Batch {
+            lr: b.lr.shallow_clone(),
+            hr: b.hr.shallow_clone(),
+            sr: b.sr.iter().map(|t| t.shallow_clone()).collect(),
+            feat: b.feat.iter().map(|t| t.shallow_clone()).collect(),
+            indices: b.indices.clone(),
+        })
     }
     fn position(&self) -> LoaderPosition {
         let n = self.batches.len().max(1) as u64;
@@ -152,7 +158,15 @@ impl Trainer {
     }
 
     pub fn state(&self, loader: LoaderPosition, val_psnr: Option<f64>) -> TrainState {
-        TrainState { step: self.step, adam_t: self.opt.t, loader, scaler: self.scaler.clone(), config: self.cfg.clone(), val_psnr, best: self.best.clone() }
+        TrainState {
+            step: self.step,
+            adam_t: self.opt.t,
+            loader,
+            scaler: self.scaler.clone(),
+            config: self.cfg.clone(),
+            val_psnr,
+            best: self.best.clone(),
+        }
     }
 
     pub fn save(&self, run: &Path, loader: LoaderPosition, val_psnr: Option<f64>) -> Result<PathBuf> {
@@ -366,7 +380,10 @@ pub fn remove_run(run: &Path) -> Result<()> {
     let entries: Vec<std::fs::DirEntry> = rd.flatten().collect();
     let ours = |n: &str| RUN_FILES.contains(&n) || srcache_formats::atomic::is_own_temp(n, None);
     if let Some(e) = entries.iter().find(|e| !ours(&e.file_name().to_string_lossy())) {
-        return Err(TrainerError::RunDir { path: run.to_path_buf(), why: format!("holds {:?}, which is not a training run's file; not removing it", e.file_name()) });
+        return Err(TrainerError::RunDir {
+            path: run.to_path_buf(),
+            why: format!("holds {:?}, which is not a training run's file; not removing it", e.file_name()),
+        });
     }
     for e in entries {
         let p = e.path();

@@ -81,7 +81,11 @@ pub struct ValReport {
 impl ValReport {
     /// The tables best-k selection reads: the full-image ones when there are any, else held-out.
     fn primary(&self) -> Vec<&ValTable> {
-        if self.full.is_empty() { self.held_out.iter().collect() } else { self.full.iter().collect() }
+        if self.full.is_empty() {
+            self.held_out.iter().collect()
+        } else {
+            self.full.iter().collect()
+        }
     }
     fn mean(&self, f: impl Fn(&ValTable) -> Option<f64>) -> Option<f64> {
         let v: Vec<f64> = self.primary().into_iter().filter_map(f).collect();
@@ -244,7 +248,10 @@ impl FullImageVal {
     /// returns one table per folder.
     pub fn evaluate(&self, model: &FusionNet) -> Result<Vec<ValTable>> {
         if model.cfg.experts != self.experts {
-            return Err(TrainerError::Config { what: "full-image validation".into(), why: format!("model fuses {:?}, the set was prepared for {:?}", model.cfg.experts, self.experts) });
+            return Err(TrainerError::Config {
+                what: "full-image validation".into(),
+                why: format!("model fuses {:?}, the set was prepared for {:?}", model.cfg.experts, self.experts),
+            });
         }
         let _g = tch::no_grad_guard();
         let scale = model.cfg.scale;

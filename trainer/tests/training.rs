@@ -1,5 +1,7 @@
 //! Model init, loss reduction, exact resume and TorchScript export, on real shards.
 
+#![allow(clippy::field_reassign_with_default, reason = "a test config reads best as one setting per line")]
+
 mod common;
 
 use srcache_formats::Dataset;
@@ -135,8 +137,8 @@ fn full_run_writes_metrics_plot_checkpoints_and_a_torchscript_that_matches() {
     assert_eq!(val.rows.len(), 5, "fused + 3 experts + bicubic");
     assert!(val.rows.iter().all(|r| r.psnr.is_finite() && r.ssim > 0.0));
     // Best-1 kept plus the latest; pruned the others.
-    let ckpts: Vec<_> = std::fs::read_dir(run.join("ckpt")).expect("ckpt").flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("step-")).collect();
+    let ckpts: Vec<_> =
+        std::fs::read_dir(run.join("ckpt")).expect("ckpt").flatten().filter(|e| e.file_name().to_string_lossy().starts_with("step-")).collect();
     assert!(ckpts.len() <= 2 && !ckpts.is_empty(), "{} checkpoints kept", ckpts.len());
 
     // Resume of a finished run is a no-op that keeps the step count.
@@ -146,7 +148,12 @@ fn full_run_writes_metrics_plot_checkpoints_and_a_torchscript_that_matches() {
     // The exported TorchScript reproduces the EMA model on a different (larger) input size.
     let pt = s.exported.expect("exported");
     let m = tch::CModule::load(&pt).expect("load torchscript");
-    let mut tr = Trainer::new(&{ let mut c = cfg.clone(); c.model.experts = vec!["a".into(), "b".into(), "c".into()]; c }).expect("trainer");
+    let mut tr = Trainer::new(&{
+        let mut c = cfg.clone();
+        c.model.experts = vec!["a".into(), "b".into(), "c".into()];
+        c
+    })
+    .expect("trainer");
     tr.resume(&run).expect("resume weights");
     let ds = Arc::new(Dataset::open(&data).expect("open"));
     let mut lc = cfg.loader.clone();

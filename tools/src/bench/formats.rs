@@ -193,10 +193,8 @@ impl FeatNet {
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
         let cfg = nn::ConvConfig { padding: 1, ..Default::default() };
-        let net = nn::seq()
-            .add(nn::conv2d(&root / "c1", 3, 64, 3, cfg))
-            .add_fn(|x| x.relu())
-            .add(nn::conv2d(&root / "c2", 64, channels as i64, 3, cfg));
+        let net =
+            nn::seq().add(nn::conv2d(&root / "c1", 3, 64, 3, cfg)).add_fn(|x| x.relu()).add(nn::conv2d(&root / "c2", 64, channels as i64, 3, cfg));
         FeatNet { _vs: vs, net }
     }
 
@@ -327,10 +325,8 @@ fn baseline(dir: &Path, samples: &[Sample], channels: usize) -> Result<Storage> 
     let mut paths = Vec::new();
     let mut bytes = 0u64;
     for (i, s) in samples.iter().enumerate() {
-        let mut named: Vec<(String, Tensor)> = vec![
-            ("lr".into(), Tensor::f_from_slice(&s.lr)?.f_view([3, l, l])?),
-            ("hr".into(), Tensor::f_from_slice(&s.hr)?.f_view([3, h, h])?),
-        ];
+        let mut named: Vec<(String, Tensor)> =
+            vec![("lr".into(), Tensor::f_from_slice(&s.lr)?.f_view([3, l, l])?), ("hr".into(), Tensor::f_from_slice(&s.hr)?.f_view([3, h, h])?)];
         for (k, v) in s.sr.iter().enumerate() {
             named.push((format!("sr_{k}"), Tensor::f_from_slice(v)?.f_view([3, h, h])?));
         }
@@ -360,10 +356,7 @@ fn baseline(dir: &Path, samples: &[Sample], channels: usize) -> Result<Storage> 
 }
 
 fn srcache_sample(dir: &Path, samples: &[Sample], channels: usize) -> Result<Storage> {
-    let mut specs = vec![
-        TensorSpec::new("lr", DType::U8, &[3, LR, LR], Codec::ZSTD),
-        TensorSpec::new("hr", DType::U8, &[3, HR, HR], Codec::ZSTD),
-    ];
+    let mut specs = vec![TensorSpec::new("lr", DType::U8, &[3, LR, LR], Codec::ZSTD), TensorSpec::new("hr", DType::U8, &[3, HR, HR], Codec::ZSTD)];
     for k in 0..EXPERTS {
         specs.push(TensorSpec::new(format!("sr_{k}"), DType::F16, &[3, HR, HR], Codec::SHUFFLE_ZSTD));
     }

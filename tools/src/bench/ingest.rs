@@ -116,7 +116,11 @@ fn native_mosaic(src: &RgbImage, w: u32, h: u32) -> RgbImage {
     let (sw, sh) = (src.width(), src.height());
     let fold = |v: u32, n: u32| {
         let p = v % (2 * n);
-        if p < n { p } else { 2 * n - 1 - p }
+        if p < n {
+            p
+        } else {
+            2 * n - 1 - p
+        }
     };
     RgbImage::from_fn(w, h, |x, y| *src.get_pixel(fold(x, sw), fold(y, sh)))
 }
@@ -185,12 +189,7 @@ pub fn run_ingest(a: BenchIngestArgs) -> Result<()> {
         .sum();
     let lr_s = t.elapsed().as_secs_f64();
     let dec_ips = n as f64 / dec_s;
-    println!(
-        "{n} PNGs of {} ({:.1} MPix, {:.1} bits/pixel):",
-        hr.display(),
-        pixels as f64 / 1e6,
-        png_bytes as f64 * 8.0 / pixels.max(1) as f64
-    );
+    println!("{n} PNGs of {} ({:.1} MPix, {:.1} bits/pixel):", hr.display(), pixels as f64 / 1e6, png_bytes as f64 * 8.0 / pixels.max(1) as f64);
     println!("  decode only                    {dec_ips:7.2} images/s");
     println!("  + MATLAB LR x{}                 {:7.2} images/s  ({:.0}%)", a.scale, n as f64 / lr_s, 100.0 * dec_s / lr_s);
     // The patch stream without writing: decode + LR + crops + CHW, to separate cutting from storing.
@@ -207,7 +206,12 @@ pub fn run_ingest(a: BenchIngestArgs) -> Result<()> {
         bytes += srcache_ingest::shards::to_chw(&s.lr).len() + srcache_ingest::shards::to_chw(&s.hr).len();
     }
     let cut_s = t.elapsed().as_secs_f64();
-    println!("  + patches, CHW (not written)    {:7.2} images/s  ({:.0}%), {:.0} MB of patches", n as f64 / cut_s, 100.0 * dec_s / cut_s, bytes as f64 / 1e6);
+    println!(
+        "  + patches, CHW (not written)    {:7.2} images/s  ({:.0}%), {:.0} MB of patches",
+        n as f64 / cut_s,
+        100.0 * dec_s / cut_s,
+        bytes as f64 / 1e6
+    );
     // DIV2K ships train_LR_bicubic/X4: with the LR folder given, ingest decodes LR instead of computing it.
     let lr_dir = tmp.join(format!("lr_x{}", a.scale));
     srcache_ingest::write_lr_folder(&hr, a.scale, &lr_dir, true, &|| {})?;

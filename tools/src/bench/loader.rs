@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
 use super::loader_lib::{self as bench, LoaderBenchConfig};
+use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct BenchLoaderArgs {
@@ -37,7 +37,15 @@ pub fn run(a: BenchLoaderArgs) -> anyhow::Result<()> {
     let parent = a.dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent)?;
     let scratch = tempfile::Builder::new().prefix("srcache-bench-loader-").tempdir_in(&parent)?;
-    let mut cfg = LoaderBenchConfig { samples: a.samples, batch_size: a.batch, workers: a.workers, batches: a.batches, crop: a.crop, train_steps: a.train_steps, ..Default::default() };
+    let mut cfg = LoaderBenchConfig {
+        samples: a.samples,
+        batch_size: a.batch,
+        workers: a.workers,
+        batches: a.batches,
+        crop: a.crop,
+        train_steps: a.train_steps,
+        ..Default::default()
+    };
     cfg.dir = scratch.path().to_path_buf();
     if a.zstd {
         cfg.codec = srcache_formats::Codec::ShuffleZstd { level: 1 };

@@ -3,12 +3,12 @@
 //! synthetic in-memory batches. Every benchmark lives under tools/src/bench/, next to the command that prints it.
 
 use anyhow::{anyhow, Context, Result};
-use srcache_trainer::error::TorchCtx;
-use srcache_trainer::train::{MemorySource, Trainer};
-use srcache_trainer::{Batch, Loader, LoaderConfig, LoaderPosition, TrainConfig};
 use half::f16;
 use rand::{Rng, SeedableRng};
 use srcache_formats::{Codec, DType, Dataset, DatasetOptions, DatasetWriter, PatchBox, SampleMeta, Schema, TensorSpec};
+use srcache_trainer::error::TorchCtx;
+use srcache_trainer::train::{MemorySource, Trainer};
+use srcache_trainer::{Batch, Loader, LoaderConfig, LoaderPosition, TrainConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +30,17 @@ pub struct LoaderBenchConfig {
 
 impl Default for LoaderBenchConfig {
     fn default() -> Self {
-        Self { dir: std::env::temp_dir().join("srcache-bench-loader"), samples: 48, batch_size: 8, workers: 2, batches: 24, lr: 64, crop: None, codec: Codec::Raw, train_steps: 12 }
+        Self {
+            dir: std::env::temp_dir().join("srcache-bench-loader"),
+            samples: 48,
+            batch_size: 8,
+            workers: 2,
+            batches: 24,
+            lr: 64,
+            crop: None,
+            codec: Codec::Raw,
+            train_steps: 12,
+        }
     }
 }
 
@@ -59,12 +69,30 @@ pub struct LoaderBenchReport {
 
 impl std::fmt::Display for LoaderBenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "sample: 3 experts, sr f16 3x256x256, feat f16 180/180/64x64x64, lr+hr u8; sr/feat codec {} ({:.2} MB stored)", self.codec, self.sample_mb_f16)?;
+        writeln!(
+            f,
+            "sample: 3 experts, sr f16 3x256x256, feat f16 180/180/64x64x64, lr+hr u8; sr/feat codec {} ({:.2} MB stored)",
+            self.codec, self.sample_mb_f16
+        )?;
         writeln!(f, "loader, stored dtypes (default): {:>6.1} samples/s  {:>6.2} GB/s delivered (u8/f16)", self.loader_samples_s, self.loader_gb_s)?;
-        writeln!(f, "  first epoch, checksums verified: {:>5.1} samples/s  (ratio {:.2}x)", self.first_epoch_samples_s, self.first_epoch_samples_s / self.baseline_samples_s)?;
-        writeln!(f, "loader, f32 on the CPU:         {:>7.1} samples/s  {:>6.2} GB/s delivered (f32)", self.loader_f32_samples_s, self.loader_f32_gb_s)?;
+        writeln!(
+            f,
+            "  first epoch, checksums verified: {:>5.1} samples/s  (ratio {:.2}x)",
+            self.first_epoch_samples_s,
+            self.first_epoch_samples_s / self.baseline_samples_s
+        )?;
+        writeln!(
+            f,
+            "loader, f32 on the CPU:         {:>7.1} samples/s  {:>6.2} GB/s delivered (f32)",
+            self.loader_f32_samples_s, self.loader_f32_gb_s
+        )?;
         writeln!(f, "baseline (fp32 archive/sample): {:>7.1} samples/s  {:>6.2} GB/s delivered (f32)", self.baseline_samples_s, self.baseline_gb_s)?;
-        writeln!(f, "ratio loader/baseline:          {:>7.2}x  (goal >= 5x; f32 loader: {:.2}x)", self.ratio, self.loader_f32_samples_s / self.baseline_samples_s)?;
+        writeln!(
+            f,
+            "ratio loader/baseline:          {:>7.2}x  (goal >= 5x; f32 loader: {:.2}x)",
+            self.ratio,
+            self.loader_f32_samples_s / self.baseline_samples_s
+        )?;
         writeln!(f, "train step fed by loader:       {:>7.1} ms", self.step_loader_ms)?;
         writeln!(f, "train step, in-memory batches:  {:>7.1} ms", self.step_synthetic_ms)?;
         write!(f, "step time ratio:                {:>7.3}x  (goal <= 1.05x)", self.step_ratio)
@@ -124,7 +152,13 @@ pub fn write_realistic(cfg: &LoaderBenchConfig) -> Result<(PathBuf, Vec<PathBuf>
                 raws.push(v.iter().flat_map(|x| x.to_le_bytes()).collect());
             }
         }
-        let meta = SampleMeta { id: format!("b{i:05}"), source: format!("img{i:05}.png"), patch: PatchBox { x: 0, y: 0, w: h as u32, h: h as u32 }, variant: "clean".into(), psnr: Default::default() };
+        let meta = SampleMeta {
+            id: format!("b{i:05}"),
+            source: format!("img{i:05}.png"),
+            patch: PatchBox { x: 0, y: 0, w: h as u32, h: h as u32 },
+            variant: "clean".into(),
+            psnr: Default::default(),
+        };
         let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
         w.write(&meta, &refs)?;
         let p = base.join(format!("{i:05}.pt"));
@@ -162,9 +196,15 @@ fn baseline(archives: &[PathBuf], cfg: &LoaderBenchConfig, batches: usize) -> Re
                             for (j, (_, t)) in ts.iter().enumerate() {
                                 let r = t.size()[1] / lr_side;
                                 let mut x = t.f_narrow(1, y0 * r, c * r)?.f_narrow(2, x0 * r, c * r)?;
-                                if d & 1 != 0 { x = x.f_flip([2])?; }
-                                if d & 2 != 0 { x = x.f_flip([1])?; }
-                                if d & 4 != 0 { x = x.f_transpose(1, 2)?; }
+                                if d & 1 != 0 {
+                                    x = x.f_flip([2])?;
+                                }
+                                if d & 2 != 0 {
+                                    x = x.f_flip([1])?;
+                                }
+                                if d & 4 != 0 {
+                                    x = x.f_transpose(1, 2)?;
+                                }
                                 cols[j].push(x);
                             }
                         }
@@ -198,7 +238,13 @@ fn loader_run(ds: &Arc<Dataset>, cfg: &LoaderBenchConfig, batches: usize, stored
 }
 
 fn clone_batch(b: &Batch) -> Batch {
-    Batch { lr: b.lr.copy(), hr: b.hr.copy(), sr: b.sr.iter().map(|t| t.copy()).collect(), feat: b.feat.iter().map(|t| t.copy()).collect(), indices: b.indices.clone() }
+    Batch {
+        lr: b.lr.copy(),
+        hr: b.hr.copy(),
+        sr: b.sr.iter().map(|t| t.copy()).collect(),
+        feat: b.feat.iter().map(|t| t.copy()).collect(),
+        indices: b.indices.clone(),
+    }
 }
 
 pub fn run(cfg: &LoaderBenchConfig, log: &mut dyn FnMut(&str)) -> Result<LoaderBenchReport> {
@@ -239,7 +285,10 @@ pub fn run(cfg: &LoaderBenchConfig, log: &mut dyn FnMut(&str)) -> Result<LoaderB
     let mut loader = Loader::new(ds.clone(), (0..ds.len()).collect(), &lc, LoaderPosition::default())?;
     tc.model.experts = loader.experts.clone();
     tc.model.feat_channels = loader.feat_channels.clone();
-    let mut mem = MemorySource { batches: (0..4).map(|_| loader.next_batch().map(|b| clone_batch(&b)).map_err(anyhow::Error::from)).collect::<Result<_>>()?, next: 0 };
+    let mut mem = MemorySource {
+        batches: (0..4).map(|_| loader.next_batch().map(|b| clone_batch(&b)).map_err(anyhow::Error::from)).collect::<Result<_>>()?,
+        next: 0,
+    };
     // Per-step times, loader-fed and in-memory steps alternating on two identical trainers, medians compared:
     // a background hiccup on the VM then lands on both sides instead of on whichever ran during it.
     let mut tr_loader = Trainer::new(&tc)?;

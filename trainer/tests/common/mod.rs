@@ -19,10 +19,8 @@ pub fn feat_gain(ch: usize) -> f32 {
 /// n samples of LR h×h at `scale`, spread over n/4 source images, in shards of ~4 samples.
 pub fn make_dataset(dir: &Path, n: usize, h: usize, scale: usize) {
     let hh = h * scale;
-    let mut specs = vec![
-        TensorSpec::new("lr", DType::U8, &[3, h, h], Codec::Raw),
-        TensorSpec::new("hr", DType::U8, &[3, hh, hh], Codec::Zstd { level: 1 }),
-    ];
+    let mut specs =
+        vec![TensorSpec::new("lr", DType::U8, &[3, h, h], Codec::Raw), TensorSpec::new("hr", DType::U8, &[3, hh, hh], Codec::Zstd { level: 1 })];
     for (k, (e, c)) in EXPERTS.iter().enumerate() {
         // Mix codecs: zero-copy raw and decoded paths both get exercised.
         let codec = if k == 1 { Codec::ShuffleZstd { level: 1 } } else { Codec::Raw };
