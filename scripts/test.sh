@@ -9,3 +9,6 @@ cargo fmt --all -- --check
 cargo build --release --workspace --locked
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked -- --test-threads="${SRCACHE_TEST_THREADS:-2}"
+# SLURM for real: a private one-node cluster (slurm-wlm + munge from Debian's packages; needs root), an array job
+# of 3 cache parts with one task cancelled and requeued mid-run, the merge, and equality with a single-process run.
+scripts/slurm-test.sh

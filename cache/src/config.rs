@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use srcache_formats::{Codec, DType};
+use srcache_ingest::Part;
 
 use crate::error::{CacheError, Result};
 use srcache_experts::{Builtin, ExpertSource};
@@ -12,6 +13,12 @@ use srcache_experts::{Builtin, ExpertSource};
 pub const CONFIG_FILE: &str = "cache.toml";
 /// Written after the manifest: its presence makes a rerun a no-op.
 pub const DONE_FILE: &str = "cache.done.json";
+/// Held (flock) by the process writing a cache directory, so two processes never write one dataset or part.
+pub const LOCK_FILE: &str = "cache.lock";
+/// The input files a cache was made from (relative path, size, content fingerprint): a resume must see the same.
+pub const INPUTS_FILE: &str = "inputs.json";
+/// Where `--part K/N` writes inside the output directory.
+pub const PARTS_DIR: &str = "parts";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -32,6 +39,10 @@ pub struct InputConfig {
     pub workers: usize,
     /// Stop after this many samples (for demos and benchmarks).
     pub limit: Option<u64>,
+    /// Only part K of N of the input (contiguous by sorted file name, balanced by pixel count), written to
+    /// `<out>/parts/K-of-N/`; `srcache merge <out>` joins the parts. None = the whole input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
 }
 
 impl Default for InputConfig {
@@ -47,6 +58,7 @@ impl Default for InputConfig {
             seed: 0,
             workers: 0,
             limit: None,
+            part: None,
         }
     }
 }
@@ -215,6 +227,14 @@ impl CacheConfig {
             }
         }
         Ok(())
+    }
+
+    /// The dataset directory this run writes: `out`, or `out/parts/K-of-N` for a part.
+    pub fn dataset_dir(&self) -> PathBuf {
+        match self.input.part {
+            Some(p) => self.out.join(PARTS_DIR).join(p.dir_name()),
+            None => self.out.clone(),
+        }
     }
 
     /// The part of the config that determines the cache's content: runtime knobs (devices, batch, workers,

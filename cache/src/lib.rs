@@ -17,11 +17,15 @@ use tch::Device;
 mod config;
 mod error;
 mod layout;
+pub mod merge;
+pub mod output;
 mod pipeline;
 mod source;
 
-pub use config::{CacheConfig, ExpertConfig, InputConfig, Placement, CONFIG_FILE, DONE_FILE};
+pub use config::{CacheConfig, ExpertConfig, InputConfig, Placement, CONFIG_FILE, DONE_FILE, INPUTS_FILE, LOCK_FILE, PARTS_DIR};
 pub use error::{CacheError, Result};
+pub use merge::{merge, MergeSummary};
+pub use output::{remove_cache, SIDECARS};
 pub use srcache_experts::{parse_devices, Builtin, Expert, ExpertSource, Probe};
 
 use layout::Layout;
@@ -71,6 +75,9 @@ pub struct CacheSummary {
     pub wall_s: f64,
     /// The run was already complete: nothing was done.
     pub no_op: bool,
+    /// Input files the run skipped, with the reason (also in the manifest's `srcache.skipped`).
+    #[serde(default)]
+    pub skipped: Vec<srcache_ingest::Skipped>,
 }
 
 impl CacheSummary {
@@ -85,29 +92,6 @@ impl CacheSummary {
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     move |source| CacheError::Io { path: path.to_path_buf(), source }
-}
-
-/// Checks the saved `cache.toml` (if any) against `cfg`; writes it if absent.
-fn check_or_save_config(cfg: &CacheConfig) -> Result<()> {
-    let path = cfg.out.join(CONFIG_FILE);
-    if path.exists() {
-        let saved = CacheConfig::from_toml_file(&path)?;
-        if saved.content() != cfg.content() {
-            let a = saved.content().to_toml()?;
-            let b = cfg.content().to_toml()?;
-            let diff: Vec<String> = b.lines().filter(|l| !a.lines().any(|x| x == *l)).take(5).map(|l| format!("  {l}")).collect();
-            return Err(CacheError::ConfigFile {
-                path,
-                what: format!(
-                    "this directory holds a cache made with a different config (differing lines:\n{})\nuse another \
-                     output directory or delete this one",
-                    diff.join("\n")
-                ),
-            });
-        }
-        return Ok(());
-    }
-    Ok(srcache_formats::write_atomic(&path, cfg.to_toml()?.as_bytes())?)
 }
 
 /// Builds the device groups: data parallel = every device runs every expert; expert split = each expert on
@@ -151,41 +135,38 @@ fn shard_bytes(dir: &Path) -> Result<(u64, u64)> {
     Ok((n, bytes))
 }
 
-/// Files a cache run writes into its output directory besides the dataset's shards and manifest.
-pub const SIDECARS: [&str; 2] = [CONFIG_FILE, DONE_FILE];
-
-/// Removes a cache directory's own files (shards, manifest, sidecars, temporary files, `parts/`) and the
-/// directory if that leaves it empty. Refuses a directory holding anything else.
-pub fn remove_cache(dir: &Path) -> Result<()> {
-    if srcache_formats::check_output_dir(dir, &SIDECARS)? == srcache_formats::DirState::Missing {
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let p = entry.map_err(io(dir))?.path();
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).map_err(io(&p))?;
-        } else {
-            std::fs::remove_file(&p).map_err(io(&p))?;
-        }
-    }
-    std::fs::remove_dir(dir).map_err(io(dir))
+/// How a run treats what is already in its output directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Delete the cache srcache made there before (its own files only) and start over.
+    pub force: bool,
 }
 
 /// Runs (or resumes, or recognises as done) a cache run.
 pub fn run(cfg: &CacheConfig, progress: &dyn Progress) -> Result<CacheSummary> {
+    run_with(cfg, &RunOptions::default(), progress)
+}
+
+/// [`run`] with options. A directory that holds a different run (config or input files) is refused with the
+/// difference named; `force` starts over instead.
+pub fn run_with(cfg: &CacheConfig, opts: &RunOptions, progress: &dyn Progress) -> Result<CacheSummary> {
     let t_start = Instant::now();
     cfg.validate()?;
-    std::fs::create_dir_all(&cfg.out).map_err(io(&cfg.out))?;
-    check_or_save_config(cfg)?;
-    let done_path = cfg.out.join(DONE_FILE);
-    if done_path.exists() {
-        let text = std::fs::read_to_string(&done_path).map_err(io(&done_path))?;
-        let mut s: CacheSummary = serde_json::from_str(&text).map_err(|e| CacheError::ConfigFile { path: done_path.clone(), what: e.to_string() })?;
+    let dir = cfg.dataset_dir();
+    if cfg.input.part.is_some() {
+        // The root of a partitioned cache holds only `parts/` and, after `srcache merge`, its manifest.
+        srcache_formats::check_output_dir(&cfg.out, &[])?;
+    }
+    output::claim(&dir, opts.force)?;
+    let _lock = output::DirLock::acquire(&dir)?;
+    output::check_or_save_config(cfg, &dir)?;
+    if let Some(mut s) = output::read_done(&dir)? {
         s.no_op = true;
         s.written = 0;
         s.wall_s = t_start.elapsed().as_secs_f64();
         return Ok(s);
     }
+    source::check_inputs(&cfg.input)?;
 
     // Load every expert on its devices first: a bad file, a wrong shape or scale fails here, before work.
     let (groups, broadcast) = plan_groups(cfg)?;
@@ -194,7 +175,19 @@ pub fn run(cfg: &CacheConfig, progress: &dyn Progress) -> Result<CacheSummary> {
         let mut v = Vec::with_capacity(g.experts.len());
         for &i in &g.experts {
             let e = &cfg.experts[i];
-            v.push(Expert::load(&e.name, &e.source()?, cfg.input.scale, g.device, cfg.input.patch as usize)?);
+            let p = cfg.input.patch as usize;
+            let expert = Expert::load(&e.name, &e.source()?, cfg.input.scale, g.device, p).map_err(|err| match err.is_oom() {
+                true => CacheError::Config {
+                    what: format!(
+                        "expert {}: out of memory on a probe batch of two {p}x{p} LR patches at x{} on {}: use a smaller --patch",
+                        e.name,
+                        cfg.input.scale,
+                        srcache_experts::device_name(g.device)
+                    ),
+                },
+                false => err.into(),
+            })?;
+            v.push(expert);
         }
         loaded.push(v);
     }
@@ -208,10 +201,11 @@ pub fn run(cfg: &CacheConfig, progress: &dyn Progress) -> Result<CacheSummary> {
     let layout = Layout::build(cfg, &probes)?;
 
     let opts = DatasetOptions { target_shard_bytes: cfg.target_shard_bytes };
-    let (writer, resume) = DatasetWriter::create_or_resume(&cfg.out, layout.schema.clone(), opts)?;
+    let (writer, resume) = DatasetWriter::create_or_resume(&dir, layout.schema.clone(), opts)?;
     let batch = cfg.batch as u64;
     let skip = resume.samples / batch * batch;
-    let stream = source::open(&cfg.input, skip)?;
+    let source = source::open(&cfg.input, skip)?;
+    let skip_log = source.skipped.clone();
     progress.start(cfg.input.limit, resume.samples);
     if resume.samples > 0 {
         progress.message(&format!("resuming after {} samples in {} complete shards", resume.samples, resume.shards));
@@ -231,14 +225,32 @@ pub fn run(cfg: &CacheConfig, progress: &dyn Progress) -> Result<CacheSummary> {
         first_seq: skip,
     };
     let t_pipe = Instant::now();
-    let (writer, stats) = run_pipeline(plan, loaded, stream, writer, progress)?;
+    let (mut writer, stats) = run_pipeline(plan, loaded, source.stream, writer, progress)?;
     let pipeline_s = t_pipe.elapsed().as_secs_f64();
+    let skipped = skip_log.lock().map(|s| s.clone()).unwrap_or_default();
+    for s in &skipped {
+        progress.message(&format!("skipped {}: {}", s.path.display(), s.reason));
+    }
+    if resume.samples + stats.written == 0 {
+        let why: Vec<String> = skipped.iter().take(3).map(|s| format!("{}: {}", s.path.display(), s.reason)).collect();
+        return Err(CacheError::Refused {
+            out: dir.clone(),
+            what: format!(
+                "no samples: no input image yielded a {p}x{p} LR patch{}{}",
+                if why.is_empty() { String::new() } else { format!(" ({} skipped, e.g. {})", skipped.len(), why.join("; ")) },
+                if skipped.len() > 3 { ", ..." } else { "" },
+                p = cfg.input.patch
+            ),
+        });
+    }
+    let listed = serde_json::to_string(&skipped).map_err(|e| CacheError::Pipeline { what: format!("skipped list: {e}") })?;
+    writer.set_manifest_metadata(srcache_formats::SKIPPED_KEY, listed);
     let t_fin = Instant::now();
     let ds = writer.finish()?;
     let write_extra = t_fin.elapsed().as_secs_f64();
     let _ = ds;
 
-    let (shards, bytes) = shard_bytes(&cfg.out)?;
+    let (shards, bytes) = shard_bytes(&dir)?;
     let samples = resume.samples + stats.written;
     let mean_psnr = layout
         .experts
@@ -263,9 +275,10 @@ pub fn run(cfg: &CacheConfig, progress: &dyn Progress) -> Result<CacheSummary> {
         pipeline_s,
         wall_s: t_start.elapsed().as_secs_f64(),
         no_op: false,
+        skipped,
     };
     let json = serde_json::to_string_pretty(&summary).map_err(|e| CacheError::Pipeline { what: format!("serialise summary: {e}") })?;
-    srcache_formats::write_atomic(&done_path, json.as_bytes())?;
+    srcache_formats::write_atomic(&dir.join(DONE_FILE), json.as_bytes())?;
     Ok(summary)
 }
 
@@ -290,7 +303,7 @@ fn forward_only_inner(cfg: &CacheConfig, device: Device, batches: usize) -> Resu
     // The same real patches the pipeline sees, not noise: some kernels' speed depends on the data
     // (denormals in random-weight nets), so a fair baseline must run on the same inputs.
     let mut inputs = Vec::new();
-    let mut stream = source::open(&cfg.input, 0)?;
+    let mut stream = source::open(&cfg.input, 0)?.stream;
     let mut total = 0usize;
     'outer: for _ in 0..batches {
         let mut lr = Vec::new();

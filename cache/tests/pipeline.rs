@@ -101,7 +101,7 @@ fn cpu_run_with_exported_and_builtin_experts() {
     let mut other = cfg.clone();
     other.experts[1].builtin = Some(Builtin::Lanczos3);
     let err = run(&other, &NoProgress).expect_err("mismatch");
-    assert!(matches!(err, CacheError::ConfigFile { .. }) && err.to_string().contains("cache.toml"), "{err}");
+    assert!(matches!(err, CacheError::Refused { .. }) && err.to_string().contains("different config"), "{err}");
 }
 
 fn example_bin() -> PathBuf {

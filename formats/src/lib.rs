@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub mod atomic;
 mod codec;
 mod dataset;
+mod diff;
 mod error;
 pub mod export;
 mod manifest;
@@ -30,6 +31,7 @@ pub use codec::{decode_payload, encode, encode_owned, EncodedTensor};
 pub use dataset::{
     check_output_dir, list_shards, shard_file_name, Dataset, DatasetLayout, DatasetOptions, DatasetSummary, DatasetWriter, DirState, Resume,
 };
+pub use diff::diff_datasets;
 pub use error::{error_chain, CodecError, FormatError, Problem, Result};
 pub use manifest::{write_parquet, Manifest, ManifestRow, MANIFEST_FILE, PARTS_KEY, SKIPPED_KEY};
 pub use names::{attr, TensorName};

@@ -24,7 +24,7 @@ pub enum IngestError {
 pub type Result<T> = std::result::Result<T, IngestError>;
 
 /// A file the run skipped, and why (reported at the end, and in the manifest's skipped list).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     pub path: PathBuf,
     pub reason: String,

@@ -7,6 +7,7 @@
 pub mod degrade;
 pub mod error;
 pub mod metrics;
+pub mod partition;
 pub mod patch;
 pub mod photos;
 pub mod resize;
@@ -16,6 +17,7 @@ mod stream;
 
 pub use degrade::Variant;
 pub use error::{IngestError, Result, Skipped};
+pub use partition::Part;
 pub use patch::PatchConfig;
 pub use shards::{patch_schema, write_patch_dataset, PatchDatasetSummary, PatchShardOptions};
 pub use scan::{decode_all, scan, ImageEntry, ScanConfig, ScanReport};
@@ -49,6 +51,8 @@ pub struct IngestConfig {
     pub strict: bool,
     /// Images in flight at most (bounds memory whatever the dataset size).
     pub queue_depth: usize,
+    /// Only this part of the sorted image list (see [`partition`]); None = all of it.
+    pub part: Option<Part>,
 }
 
 impl Default for IngestConfig {
@@ -61,6 +65,7 @@ impl Default for IngestConfig {
             workers: 0,
             strict: false,
             queue_depth: 8,
+            part: None,
         }
     }
 }

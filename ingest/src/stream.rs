@@ -114,6 +114,12 @@ impl PatchStream {
         self.skipped.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The shared list of skipped files, for a consumer that moves the stream elsewhere (another thread) and
+    /// reads the list after the stream ends.
+    pub fn skip_log(&self) -> Arc<Mutex<Vec<Skipped>>> {
+        self.skipped.clone()
+    }
+
     /// Non-fatal notes (e.g. an alpha channel dropped).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
@@ -176,7 +182,11 @@ impl Iterator for PatchStream {
 
 /// Starts the pipeline: a feeder, `workers` decode/LR/patch threads, and the reordering iterator.
 pub fn stream(cfg: &IngestConfig) -> Result<PatchStream> {
-    let report = scan(&cfg.scan)?;
+    let mut report = scan(&cfg.scan)?;
+    if let Some(part) = cfg.part {
+        let range = crate::partition::select(&report.images, part);
+        report.images = report.images[range].to_vec();
+    }
     if cfg.strict {
         if let Some(u) = report.unpaired.first() {
             return Err(IngestError::Unpaired {

@@ -56,6 +56,16 @@ pub struct CacheArgs {
     /// Store features lossy as 8-bit (affine per channel).
     #[arg(long)]
     pub feat_u8: bool,
+    /// Cache only part K of N of the input (0 <= K < N), into OUT/parts/K-of-N/; `srcache merge OUT` joins
+    /// the parts. `slurm` reads the part from SLURM_ARRAY_TASK_ID (or a Kubernetes JOB_COMPLETION_INDEX) and the
+    /// count from SRCACHE_PART_COUNT or SLURM_ARRAY_TASK_COUNT. Parts are contiguous in file-name order and hold
+    /// about the same number of pixels.
+    #[arg(long, value_name = "K/N|slurm")]
+    pub part: Option<String>,
+    /// Delete the cache srcache made in OUT before (only its own files) and start over, instead of resuming or
+    /// refusing a different config or input.
+    #[arg(long)]
+    pub force: bool,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -122,6 +132,12 @@ pub fn build_config(a: &CacheArgs) -> anyhow::Result<CacheConfig> {
     if let Some(v) = a.shard_mb {
         cfg.target_shard_bytes = v << 20;
     }
+    if let Some(p) = &a.part {
+        cfg.input.part = Some(match p.as_str() {
+            "slurm" | "auto" => srcache_ingest::partition::part_from_env(|k| std::env::var(k).ok())?,
+            spec => spec.parse()?,
+        });
+    }
     if a.config.is_none() && a.hr.is_none() {
         bail!("give --config run.toml or at least --hr DIR --out DIR --expert NAME=SOURCE");
     }
@@ -173,6 +189,12 @@ pub fn print_summary(s: &CacheSummary) {
         println!("already complete: {} samples in {} shards ({} bytes); nothing to do", s.samples, s.shards, s.bytes);
         return;
     }
+    if !s.skipped.is_empty() {
+        eprintln!("skipped {} input file(s) (listed in the manifest, see `srcache inspect`):", s.skipped.len());
+        for k in &s.skipped {
+            eprintln!("  {}: {}", k.path.display(), k.reason);
+        }
+    }
     println!(
         "samples {} ({} resumed, {} written) in {} shards, {:.1} MB, {:.2}x smaller than raw f32",
         s.samples,
@@ -199,7 +221,10 @@ pub fn print_summary(s: &CacheSummary) {
 pub fn run(a: CacheArgs) -> anyhow::Result<()> {
     let cfg = build_config(&a)?;
     let bar = Bar::new(a.quiet);
-    let summary = srcache_cache::run(&cfg, &bar)?;
+    if let Some(p) = cfg.input.part {
+        bar.message(&format!("part {p}: writing {}", cfg.dataset_dir().display()));
+    }
+    let summary = srcache_cache::run_with(&cfg, &srcache_cache::RunOptions { force: a.force }, &bar)?;
     bar.bar.finish_and_clear();
     print_summary(&summary);
     Ok(())

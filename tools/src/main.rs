@@ -6,12 +6,14 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cmd_cache;
 mod cmd_demo;
+mod cmd_diff;
 mod cmd_dump;
 mod cmd_eval;
 mod cmd_export;
 mod cmd_infer;
 mod cmd_ingest;
 mod cmd_inspect;
+mod cmd_merge;
 mod cmd_stats;
 mod cmd_train;
 mod cmd_verify;
@@ -41,6 +43,8 @@ enum Command {
     Ingest(cmd_ingest::Args),
     /// Run the experts once over every patch and write their outputs and features to shards.
     Cache(cmd_cache::CacheArgs),
+    /// Join the parts of a partitioned cache (cache --part K/N) into one dataset, without copying shards.
+    Merge(cmd_merge::Args),
     /// Train a fusion network on a cache directory.
     Train(cmd_train::TrainArgs),
     /// PSNR/SSIM tables on benchmark folders (Set5/Set14/B100/Urban100/Manga109 layout) for bicubic, each
@@ -52,6 +56,8 @@ enum Command {
     Inspect(cmd_inspect::Args),
     /// Check every checksum and that the manifest agrees with the shards; non-zero exit on any problem.
     Verify(cmd_verify::Args),
+    /// Whether two datasets hold the same samples (ids, tensor bytes, manifest rows); non-zero exit if not.
+    Diff(cmd_diff::Args),
     /// Per-expert PSNR distribution and best-expert counts, tensor value ranges, optional histogram PNG.
     Stats(cmd_stats::Args),
     /// Draw one sample (LR, HR, each expert's SR, error heatmaps, feature maps) as a contact-sheet PNG.
@@ -81,17 +87,26 @@ fn main() {
     tune_malloc();
     // A shard truncated by another process while mapped: a message naming it instead of a silent SIGBUS.
     srcache_formats::sigbus::install();
+    // `srcache inspect DIR | head` must end quietly when the reader goes away, as Unix tools do, instead of
+    // panicking on the failed write (Rust ignores SIGPIPE by default).
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Doctor => doctor::run(),
         Command::Demo(a) => cmd_demo::run(a),
         Command::Ingest(a) => cmd_ingest::run(a),
         Command::Cache(a) => cmd_cache::run(a),
+        Command::Merge(a) => cmd_merge::run(a),
         Command::Train(a) => cmd_train::run(a),
         Command::Eval(a) => cmd_eval::run(a),
         Command::Infer(a) => cmd_infer::run(a),
         Command::Inspect(a) => cmd_inspect::run(a),
         Command::Verify(a) => cmd_verify::run(a),
+        Command::Diff(a) => cmd_diff::run(a),
         Command::Stats(a) => cmd_stats::run(a),
         Command::Dump(a) => cmd_dump::run(a),
         Command::Export(a) => cmd_export::run(a),

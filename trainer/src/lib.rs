@@ -21,6 +21,6 @@ pub mod validate;
 
 pub use config::{FusionConfig, Head, LoaderConfig, LossConfig, LossWeights, TrainConfig};
 pub use error::{Result, TrainerError};
-pub use loader::{Batch, Loader, LoaderPosition};
+pub use loader::{Aug, Batch, Loader, LoaderPosition};
 pub use model::FusionNet;
 pub use train::{train, TrainSummary};

@@ -30,6 +30,19 @@ pub struct Batch {
     pub feat: Vec<Tensor>,
     /// Global dataset indices of the samples, in batch order.
     pub indices: Vec<usize>,
+    /// The crop box and dihedral transform each sample got, in batch order.
+    pub aug: Vec<Aug>,
+}
+
+/// What the loader did to one sample: a square crop of side `crop` at (`y0`, `x0`) in LR pixels (every other
+/// tensor is cropped at the same place scaled to its resolution), then dihedral transform `d` (bit 2: transpose,
+/// bit 1: vertical flip, bit 0: horizontal flip; transpose first). The Python Dataset reproduces it exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Aug {
+    pub y0: usize,
+    pub x0: usize,
+    pub crop: usize,
+    pub d: u8,
 }
 
 impl Batch {
@@ -56,6 +69,7 @@ impl Batch {
             sr: self.sr.iter().map(mv).collect::<Result<_>>()?,
             feat: self.feat.iter().map(mv).collect::<Result<_>>()?,
             indices: self.indices.clone(),
+            aug: self.aug.clone(),
         })
     }
 
@@ -338,6 +352,7 @@ impl Job {
         let sr = p.sr.iter().map(alloc).collect::<Result<Vec<_>>>()?;
         let feat = p.feat.iter().map(alloc).collect::<Result<Vec<_>>>()?;
         let mut indices = Vec::with_capacity(bs);
+        let mut augs = Vec::with_capacity(bs);
         for (bi, &slot) in slots.iter().enumerate() {
             let global = order[slot];
             indices.push(global);
@@ -348,6 +363,7 @@ impl Job {
             let x0 = rng.gen_range(0..=nx) * p.align;
             // Crops are always square, so all 8 dihedral transforms (transpose included) keep the shape.
             let d = if self.cfg.dihedral { rng.gen_range(0..8u8) } else { 0 };
+            augs.push(Aug { y0, x0, crop: c, d });
             let (shard, i) = self.ds.sample(global)?;
             for (f, t) in [(&p.lr, &lr), (&p.hr, &hr)].into_iter().chain(p.sr.iter().zip(&sr)).chain(p.feat.iter().zip(&feat)) {
                 let view = shard.tensor_at(i, f.pos)?;
@@ -383,7 +399,7 @@ impl Job {
                 })?;
             }
         }
-        let batch = Batch { lr, hr, sr, feat, indices };
+        let batch = Batch { lr, hr, sr, feat, indices, aug: augs };
         match self.cfg.pin_device {
             Some(dev) if dev.is_cuda() => {
                 let pin = |t: &Tensor| t.f_pin_memory(dev).ctx("pin batch");
@@ -393,6 +409,7 @@ impl Job {
                     sr: batch.sr.iter().map(pin).collect::<Result<_>>()?,
                     feat: batch.feat.iter().map(pin).collect::<Result<_>>()?,
                     indices: batch.indices,
+                    aug: batch.aug,
                 })
             }
             _ => Ok(batch),

@@ -54,6 +54,7 @@ impl BatchSource for MemorySource {
             sr: b.sr.iter().map(|t| t.shallow_clone()).collect(),
             feat: b.feat.iter().map(|t| t.shallow_clone()).collect(),
             indices: b.indices.clone(),
+            aug: b.aug.clone(),
         })
     }
     fn position(&self) -> LoaderPosition {

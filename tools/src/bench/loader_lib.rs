@@ -244,6 +244,7 @@ fn clone_batch(b: &Batch) -> Batch {
         sr: b.sr.iter().map(|t| t.copy()).collect(),
         feat: b.feat.iter().map(|t| t.copy()).collect(),
         indices: b.indices.clone(),
+        aug: b.aug.clone(),
     }
 }
 

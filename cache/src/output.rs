@@ -1,0 +1,129 @@
+//! The output directory of a cache run: what may be in it, who may write it, and whether what is there is
+//! the same run (resume), a finished one (no-op), or something else (refused, with the difference named).
+//! A run writes only files it owns and never deletes anything it did not create; `--force` removes the
+//! run's own files and starts over.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use srcache_formats::{check_output_dir, Dataset, DirState};
+
+use crate::config::{CacheConfig, CONFIG_FILE, DONE_FILE, INPUTS_FILE, LOCK_FILE};
+use crate::error::{CacheError, Result};
+use crate::CacheSummary;
+
+/// Files a cache run writes into its dataset directory besides the shards and the manifest.
+pub const SIDECARS: [&str; 4] = [CONFIG_FILE, DONE_FILE, LOCK_FILE, INPUTS_FILE];
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io { path: path.to_path_buf(), source }
+}
+
+/// An exclusive lock on a dataset directory, held for the whole run (released when dropped, or when the
+/// process dies: a SIGKILLed run never leaves a stale lock behind).
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        let path = dir.join(LOCK_FILE);
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(CacheError::Refused {
+                out: dir.to_path_buf(),
+                what: "another srcache process is writing this cache (its lock is held); wait for it or stop it".into(),
+            }),
+            Err(std::fs::TryLockError::Error(source)) => Err(CacheError::Io { path, source }),
+        }
+    }
+}
+
+/// Removes a cache directory's own files (shards, manifest, sidecars, srcache temporary files, `parts/`)
+/// and the directory if that leaves it empty. Refuses a directory holding anything else.
+pub fn remove_cache(dir: &Path) -> Result<()> {
+    if check_output_dir(dir, &SIDECARS)? == DirState::Missing {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let p = entry.map_err(io(dir))?.path();
+        if p.is_dir() {
+            // `parts/` holds part datasets: remove each through the same check.
+            for part in std::fs::read_dir(&p).map_err(io(&p))? {
+                remove_cache(&part.map_err(io(&p))?.path())?;
+            }
+            std::fs::remove_dir(&p).map_err(io(&p))?;
+        } else {
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+    }
+    std::fs::remove_dir(dir).map_err(io(dir))
+}
+
+/// Checks the saved `cache.toml` (if any) against `cfg`; writes it if absent.
+pub fn check_or_save_config(cfg: &CacheConfig, dir: &Path) -> Result<()> {
+    let path = dir.join(CONFIG_FILE);
+    if path.exists() {
+        let saved = CacheConfig::from_toml_file(&path)?;
+        if let Some(diff) = config_diff(&saved, cfg)? {
+            return Err(CacheError::Refused {
+                out: dir.to_path_buf(),
+                what: format!(
+                    "holds a cache made with a different config ({diff}); use another output directory, or --force to \
+                     delete this cache and start over"
+                ),
+            });
+        }
+        return Ok(());
+    }
+    Ok(srcache_formats::write_atomic(&path, cfg.to_toml()?.as_bytes())?)
+}
+
+/// The content-defining lines that differ between two configs, or None when they make the same cache.
+pub fn config_diff(a: &CacheConfig, b: &CacheConfig) -> Result<Option<String>> {
+    if a.content() == b.content() {
+        return Ok(None);
+    }
+    let (ta, tb) = (a.content().to_toml()?, b.content().to_toml()?);
+    let only = |x: &str, y: &str| -> Vec<String> { x.lines().filter(|l| !y.lines().any(|o| o == *l)).take(4).map(str::to_string).collect() };
+    let (was, now) = (only(&ta, &tb), only(&tb, &ta));
+    Ok(Some(format!("recorded: [{}]; now: [{}]", was.join("; "), now.join("; "))))
+}
+
+/// A finished cache (`cache.done.json`) is believed only when its dataset opens and matches the summary; a
+/// marker over missing or changed shards is an error, not "already complete".
+pub fn read_done(dir: &Path) -> Result<Option<CacheSummary>> {
+    let path = dir.join(DONE_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let summary: CacheSummary =
+        serde_json::from_str(&text).map_err(|e| CacheError::ConfigFile { path: path.clone(), what: format!("not a cache summary: {e}") })?;
+    let refuse = |why: String| CacheError::Refused {
+        out: dir.to_path_buf(),
+        what: format!("{DONE_FILE} says this cache is complete, but {why}; run `srcache verify`, or --force to rebuild it"),
+    };
+    let ds = Dataset::open(dir).map_err(|e| refuse(format!("the dataset does not open ({})", srcache_formats::error_chain(&e))))?;
+    if ds.len() as u64 != summary.samples || ds.shards().len() as u64 != summary.shards {
+        return Err(refuse(format!(
+            "it holds {} samples in {} shards, the summary recorded {} in {}",
+            ds.len(),
+            ds.shards().len(),
+            summary.samples,
+            summary.shards
+        )));
+    }
+    Ok(Some(summary))
+}
+
+/// Prepares `dir` for writing: refuses foreign content, removes the previous cache with `force`, creates it.
+pub fn claim(dir: &Path, force: bool) -> Result<PathBuf> {
+    let state = check_output_dir(dir, &SIDECARS)?;
+    if force && state == DirState::Dataset {
+        remove_cache(dir)?;
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    Ok(dir.to_path_buf())
+}

@@ -1,0 +1,51 @@
+//! Whether two datasets hold the same samples: the same ids in the same order, the same tensor bytes, and the
+//! same manifest rows apart from where each sample is stored (shard file and index). What proves that a
+//! merged N-part cache equals a single-process run, and that a resumed run equals an uninterrupted one.
+
+use crate::{error_chain, Dataset, ManifestRow, Result};
+
+/// The differences between `a` and `b`, at most `max` of them (empty = equal).
+pub fn diff_datasets(a: &Dataset, b: &Dataset, max: usize) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut push = |s: String| {
+        if out.len() < max {
+            out.push(s);
+        }
+    };
+    let (sa, sb) = (a.schema(), b.schema());
+    if sa != sb {
+        push(format!("schemas differ: {:?} vs {:?}", sa.map(|s| &s.tensors), sb.map(|s| &s.tensors)));
+        return Ok(out);
+    }
+    if a.len() != b.len() {
+        push(format!("{} samples vs {}", a.len(), b.len()));
+    }
+    let names: Vec<String> = sa.map(|s| s.tensors.iter().map(|t| t.name.clone()).collect()).unwrap_or_default();
+    let (mut buf_a, mut buf_b) = (Vec::new(), Vec::new());
+    for g in 0..a.len().min(b.len()) {
+        let (ra, rb) = (&a.manifest()[g], &b.manifest()[g]);
+        let same_row = |r: &ManifestRow| ManifestRow { shard: String::new(), index: 0, ..r.clone() };
+        if same_row(ra) != same_row(rb) {
+            push(format!("sample {g}: manifest rows differ: {ra:?} vs {rb:?}"));
+            continue;
+        }
+        let ((shard_a, ia), (shard_b, ib)) = (a.sample(g)?, b.sample(g)?);
+        for (t, name) in names.iter().enumerate() {
+            let read = |s: &crate::Shard, i: usize, buf: &mut Vec<u8>| -> Result<()> {
+                let v = s.tensor_at(i, t)?;
+                *buf = v.decode()?;
+                Ok(())
+            };
+            let r = read(shard_a, ia, &mut buf_a).and_then(|_| read(shard_b, ib, &mut buf_b));
+            match r {
+                Err(e) => push(format!("sample {g} ({}), tensor {name}: {}", ra.sample_id, error_chain(&e))),
+                Ok(()) if buf_a != buf_b => {
+                    let first = buf_a.iter().zip(&buf_b).position(|(x, y)| x != y).unwrap_or(buf_a.len().min(buf_b.len()));
+                    push(format!("sample {g} ({}), tensor {name}: bytes differ (first at byte {first})", ra.sample_id));
+                }
+                Ok(()) => {}
+            }
+        }
+    }
+    Ok(out)
+}
