@@ -15,6 +15,7 @@ use srcache_formats::{DatasetOptions, DatasetWriter};
 use tch::Device;
 
 mod config;
+mod device;
 mod error;
 mod layout;
 pub mod merge;
@@ -23,6 +24,7 @@ mod pipeline;
 mod source;
 
 pub use config::{CacheConfig, ExpertConfig, InputConfig, Placement, CONFIG_FILE, DONE_FILE, INPUTS_FILE, LOCK_FILE, PARTS_DIR};
+pub use device::DeviceTime;
 pub use error::{CacheError, Result};
 pub use merge::{merge, MergeSummary};
 pub use output::{remove_cache, SIDECARS};
@@ -75,6 +77,9 @@ pub struct CacheSummary {
     pub wall_s: f64,
     /// The run was already complete: nothing was done.
     pub no_op: bool,
+    /// Each device worker's busy and idle time (idle = waiting for the host to hand it a batch).
+    #[serde(default)]
+    pub devices: Vec<DeviceTime>,
     /// Input files the run skipped, with the reason (also in the manifest's `srcache.skipped`).
     #[serde(default)]
     pub skipped: Vec<srcache_ingest::Skipped>,
@@ -275,6 +280,7 @@ pub fn run_with(cfg: &CacheConfig, opts: &RunOptions, progress: &dyn Progress) -
         pipeline_s,
         wall_s: t_start.elapsed().as_secs_f64(),
         no_op: false,
+        devices: stats.devices,
         skipped,
     };
     let json = serde_json::to_string_pretty(&summary).map_err(|e| CacheError::Pipeline { what: format!("serialise summary: {e}") })?;
@@ -332,18 +338,23 @@ fn forward_only_inner(cfg: &CacheConfig, device: Device, batches: usize) -> Resu
     let Some(first) = inputs.first() else {
         return Err(CacheError::Pipeline { what: "no samples to benchmark on".into() });
     };
+    let autocast = cfg.fp16 && device.is_cuda();
+    let run = |e: &Expert, x: &tch::Tensor| -> Result<()> {
+        let (sr, feat) = tch::autocast(autocast, || e.forward(x))?;
+        // The device-to-host copy of the stored dtype is part of the work: the pipeline cannot avoid it either.
+        let _ = sr.f_to_kind(tch::Kind::Half).and_then(|t| t.f_to_device(Device::Cpu)).map_err(error::torch("bench copy"))?;
+        if let Some(f) = feat {
+            let _ = f.f_to_kind(tch::Kind::Half).and_then(|t| t.f_to_device(Device::Cpu)).map_err(error::torch("bench copy"))?;
+        }
+        Ok(())
+    };
     for e in &experts {
-        let _warm = e.forward(first)?;
+        run(e, first)?;
     }
     let t0 = Instant::now();
     for x in &inputs {
         for e in &experts {
-            let (sr, feat) = e.forward(x)?;
-            // Include the device-to-host copy: the pipeline cannot avoid it either.
-            let _ = sr.f_to_device(Device::Cpu).map_err(error::torch("bench copy"))?;
-            if let Some(f) = feat {
-                let _ = f.f_to_device(Device::Cpu).map_err(error::torch("bench copy"))?;
-            }
+            run(e, x)?;
         }
     }
     Ok(total as f64 / t0.elapsed().as_secs_f64())

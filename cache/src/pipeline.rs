@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use image::RgbImage;
 use srcache_formats::{encode, DatasetWriter, EncodedTensor, SampleMeta, Schema};
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
-use crate::error::{torch, CacheError, Result};
-use crate::layout::{ExpertLayout, Layout, Slot};
+use crate::device::{guard, DeviceTime, Worker};
+use crate::error::{CacheError, Result};
+use crate::layout::{Layout, Slot};
 use crate::source::{PatchSample, SampleStream};
 use crate::Progress;
 use srcache_experts::Expert;
@@ -41,10 +42,10 @@ pub(crate) struct ExpertOut {
     pub sr_u8: RgbImage,
 }
 
-struct GroupOut {
-    batch: Arc<Batch>,
+pub(crate) struct GroupOut {
+    pub batch: Arc<Batch>,
     /// (expert index, per-sample outputs)
-    outs: Vec<(usize, Vec<ExpertOut>)>,
+    pub outs: Vec<(usize, Vec<ExpertOut>)>,
 }
 
 struct SampleWork {
@@ -69,7 +70,7 @@ pub(crate) struct StageClock {
     pub write: AtomicU64,
 }
 
-fn add(clock: &AtomicU64, since: Instant) {
+pub(crate) fn add(clock: &AtomicU64, since: Instant) {
     clock.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
@@ -97,6 +98,8 @@ pub(crate) struct PipelineStats {
     pub written: u64,
     pub psnr_sum: Vec<f64>,
     pub clock: StageClock,
+    /// One per device worker, in group order.
+    pub devices: Vec<DeviceTime>,
 }
 
 /// Runs the pipeline to the end of `stream`, writing into `writer`. Returns the writer (not finished) so the
@@ -113,6 +116,7 @@ pub(crate) fn run_pipeline(
     let clock = StageClock::default();
     let mut psnr_sum = vec![0.0f64; layout.experts.len()];
     let mut written = 0u64;
+    let mut devices = Vec::new();
 
     let cap = 2 * n_groups.max(1) + 2;
     type Links = (Vec<Sender<Arc<Batch>>>, Vec<Receiver<Arc<Batch>>>);
@@ -135,24 +139,25 @@ pub(crate) fn run_pipeline(
             let batch_size = plan.batch;
             let first_seq = plan.first_seq;
             s.spawn(move || {
-                if let Err(e) = batcher(stream, &batch_txs, batch_size, first_seq, layout, clock) {
+                if let Err(e) = guard("batcher", || batcher(stream, &batch_txs, batch_size, first_seq, layout, clock)) {
                     let _ = err_tx.send(e);
                 }
             });
         }
-        // Device workers.
+        // Device workers: each pulls the next batch when it is ready for one (a slower device takes fewer).
+        let mut device_threads = Vec::new();
         for (gi, (group, experts)) in plan.groups.iter().zip(loaded).enumerate() {
             let rx = batch_rxs[gi].clone();
             let tx = group_tx.clone();
             let err_tx = err_tx.clone();
-            let clock = &clock;
-            let (batch, fp16) = (plan.batch, plan.fp16);
-            let idx = group.experts.clone();
-            s.spawn(move || {
-                if let Err(e) = device_worker(layout, experts, idx, rx, tx, batch, fp16, clock, progress) {
+            let worker = Worker { layout, experts, index: group.experts.clone(), batch: plan.batch, fp16: plan.fp16, clock: &clock, progress };
+            device_threads.push(s.spawn(move || match worker.run(rx, tx) {
+                Ok(t) => Some(t),
+                Err(e) => {
                     let _ = err_tx.send(e);
+                    None
                 }
-            });
+            }));
         }
         drop(group_tx);
         drop(batch_rxs);
@@ -162,7 +167,7 @@ pub(crate) fn run_pipeline(
             let need = if plan.broadcast { n_groups } else { 1 };
             let n_experts = layout.experts.len();
             s.spawn(move || {
-                if let Err(e) = joiner(group_rx, work_tx, need, n_experts) {
+                if let Err(e) = guard("joiner", || joiner(group_rx, work_tx, need, n_experts)) {
                     let _ = err_tx.send(e);
                 }
             });
@@ -171,15 +176,22 @@ pub(crate) fn run_pipeline(
         for _ in 0..plan.compress_workers.max(1) {
             let rx = work_rx.clone();
             let tx = enc_tx.clone();
+            let err_tx = err_tx.clone();
             let clock = &clock;
             s.spawn(move || {
-                for w in rx.iter() {
-                    let t0 = Instant::now();
-                    let r = compress(layout, w);
-                    add(&clock.compress, t0);
-                    if tx.send(r).is_err() {
-                        break;
+                let r = guard("compress", || {
+                    for w in rx.iter() {
+                        let t0 = Instant::now();
+                        let r = compress(layout, w);
+                        add(&clock.compress, t0);
+                        if tx.send(r).is_err() {
+                            break;
+                        }
                     }
+                    Ok(())
+                });
+                if let Err(e) = r {
+                    let _ = err_tx.send(e);
                 }
             });
         }
@@ -220,13 +232,14 @@ pub(crate) fn run_pipeline(
             drop(enc_rx);
             let _ = err_tx.send(e);
         }
+        devices = device_threads.into_iter().filter_map(|h| h.join().ok().flatten()).collect();
     });
     drop(err_tx);
     // The first error is the cause; later ones are mostly "channel closed" consequences of it.
     if let Some(e) = err_rx.try_iter().next() {
         return Err(e);
     }
-    Ok((writer, PipelineStats { written, psnr_sum, clock }))
+    Ok((writer, PipelineStats { written, psnr_sum, clock, devices }))
 }
 
 fn batcher(stream: SampleStream, txs: &[Sender<Arc<Batch>>], batch_size: usize, first_seq: u64, layout: &Layout, clock: &StageClock) -> Result<()> {
@@ -271,138 +284,6 @@ fn batcher(stream: SampleStream, txs: &[Sender<Arc<Batch>>], batch_size: usize, 
     add(&clock.ingest, t0);
     flush(&mut cur, &mut id, seq);
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn device_worker(
-    layout: &Layout,
-    experts: Vec<Expert>,
-    idx: Vec<usize>,
-    rx: Receiver<Arc<Batch>>,
-    tx: Sender<GroupOut>,
-    batch: usize,
-    fp16: bool,
-    clock: &StageClock,
-    progress: &dyn Progress,
-) -> Result<()> {
-    let _guard = tch::no_grad_guard();
-    let mut chunk = batch.max(1);
-    let mut warm: Vec<Vec<i64>> = Vec::new();
-    for b in rx.iter() {
-        let t0 = Instant::now();
-        let Some(first) = b.samples.first() else { continue };
-        let (w, h) = first.lr.dimensions();
-        let n = b.samples.len() as i64;
-        let mut outs = Vec::with_capacity(experts.len());
-        // All experts of a worker share its device: one upload per batch.
-        let device = experts.first().map(|e| e.device()).unwrap_or(Device::Cpu);
-        let x = Tensor::f_from_slice(&b.lr_nhwc)
-            .and_then(|t| t.f_reshape([n, h as i64, w as i64, 3]))
-            .and_then(|t| t.f_to_device(device))
-            .and_then(|t| t.f_permute([0, 3, 1, 2]))
-            .and_then(|t| t.f_to_kind(Kind::Float))
-            .and_then(|t| t.f_div_scalar(255.0))
-            .and_then(|t| t.f_contiguous())
-            .map_err(torch("build input batch"))?;
-        for (e, &i) in experts.iter().zip(&idx) {
-            // cudnn picks kernels per shape on first use: keep that out of the steady state.
-            let shape = vec![i as i64, n, h as i64, w as i64];
-            if device.is_cuda() && !warm.contains(&shape) {
-                let _warm = forward_chunked(e, &x, &mut chunk, fp16, progress)?;
-                warm.push(shape);
-            }
-            let (sr, feat) = forward_chunked(e, &x, &mut chunk, fp16, progress)?;
-            outs.push((i, split_outputs(e, &layout.experts[i], &sr, feat.as_ref(), n as usize)?));
-        }
-        add(&clock.forward, t0);
-        if tx.send(GroupOut { batch: b, outs }).is_err() {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// Forward in chunks of `chunk` samples; on CUDA out-of-memory halves the chunk (for good) and retries.
-fn forward_chunked(e: &Expert, x: &Tensor, chunk: &mut usize, fp16: bool, progress: &dyn Progress) -> Result<(Tensor, Option<Tensor>)> {
-    let n = x.size()[0] as usize;
-    let autocast = fp16 && e.device().is_cuda();
-    loop {
-        let mut srs = Vec::new();
-        let mut feats = Vec::new();
-        let mut start = 0;
-        let mut oom = None;
-        while start < n {
-            let len = (*chunk).min(n - start);
-            let part = x.f_narrow(0, start as i64, len as i64).map_err(torch("split batch"))?;
-            match tch::autocast(autocast, || e.forward(&part)) {
-                Ok((sr, feat)) => {
-                    srs.push(sr);
-                    feats.extend(feat);
-                }
-                Err(err) if err.is_oom() && *chunk > 1 => {
-                    oom = Some(err);
-                    break;
-                }
-                Err(err) => return Err(err.into()),
-            }
-            start += len;
-        }
-        if oom.is_some() {
-            *chunk /= 2;
-            progress.message(&format!("expert {}: CUDA out of memory, retrying with batch {}", e.name(), *chunk));
-            continue;
-        }
-        let cat = |v: &[Tensor]| Tensor::f_cat(v, 0).map_err(torch("join batch chunks"));
-        let sr = if srs.len() == 1 { srs.pop().unwrap_or_else(Tensor::new) } else { cat(&srs)? };
-        let feat = if feats.is_empty() { None } else { Some(cat(&feats)?) };
-        return Ok((sr, feat));
-    }
-}
-
-fn tensor_bytes(t: &Tensor, ctx: &str) -> Result<Vec<u8>> {
-    let t = t.f_contiguous().and_then(|t| t.f_to_device(Device::Cpu)).map_err(torch(ctx.to_string()))?;
-    let numel = t.numel();
-    let size = t.f_kind().map_err(torch(ctx.to_string()))?.elt_size_in_bytes();
-    let mut out = vec![0u8; numel * size];
-    t.f_copy_data_u8(&mut out, numel).map_err(torch(ctx.to_string()))?;
-    Ok(out)
-}
-
-fn split_outputs(e: &Expert, lay: &ExpertLayout, sr: &Tensor, feat: Option<&Tensor>, n: usize) -> Result<Vec<ExpertOut>> {
-    let ctx = format!("expert {} outputs", e.name());
-    let sz = sr.size();
-    let (hh, ww) = (sz[2] as u32, sz[3] as u32);
-    let store = crate::layout::to_storage(sr, lay.sr_dtype).map_err(torch(ctx.clone()))?;
-    let sr_bytes = tensor_bytes(&store, &ctx)?;
-    let q = sr
-        .f_mul_scalar(255.0)
-        .and_then(|t| t.f_round())
-        .and_then(|t| t.f_clamp(0.0, 255.0))
-        .and_then(|t| t.f_to_kind(Kind::Uint8))
-        .and_then(|t| t.f_permute([0, 2, 3, 1]))
-        .map_err(torch(ctx.clone()))?;
-    let u8_bytes = tensor_bytes(&q, &ctx)?;
-    let feat_bytes = match feat {
-        Some(f) => {
-            let f = crate::layout::to_storage(f, lay.feat_dtype).map_err(torch(ctx.clone()))?;
-            Some(tensor_bytes(&f, &ctx)?)
-        }
-        None => None,
-    };
-    let per_sr = sr_bytes.len() / n.max(1);
-    let per_u8 = u8_bytes.len() / n.max(1);
-    let per_feat = feat_bytes.as_ref().map(|b| b.len() / n.max(1));
-    let mut out = Vec::with_capacity(n);
-    for k in 0..n {
-        let sr_u8 = RgbImage::from_raw(ww, hh, u8_bytes[k * per_u8..(k + 1) * per_u8].to_vec())
-            .ok_or_else(|| CacheError::Pipeline { what: format!("expert {}: sr buffer size mismatch", e.name()) })?;
-        out.push(ExpertOut {
-            sr: sr_bytes[k * per_sr..(k + 1) * per_sr].to_vec(),
-            feat: feat_bytes.as_ref().zip(per_feat).map(|(b, p)| b[k * p..(k + 1) * p].to_vec()),
-            sr_u8,
-        });
-    }
-    Ok(out)
 }
 
 fn joiner(rx: Receiver<GroupOut>, tx: Sender<SampleWork>, need: usize, n_experts: usize) -> Result<()> {

@@ -219,3 +219,42 @@ fn example_config_parses_and_validates() {
     assert_eq!(cfg.experts.len(), 3);
     assert_eq!(cfg.experts[0].feat_codec, Some(Codec::AffineU8));
 }
+
+/// The three-stage device worker (upload, compute, download) writes exactly what each expert computes on its
+/// own for the same batch: on the CPU the overlapped worker changes nothing but timing.
+#[test]
+fn device_worker_stores_exactly_the_experts_own_outputs() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut cfg = base_config(&tmp.path().join("c"), 32);
+    cfg.experts = vec![ExpertConfig::builtin("bicubic", Builtin::Bicubic), ExpertConfig::builtin("sharp", Builtin::SharpBicubic)];
+    cfg.batch = 8;
+    let summary = run(&cfg, &NoProgress).expect("run");
+    assert_eq!(summary.devices.len(), 1);
+    let dt = &summary.devices[0];
+    assert_eq!((dt.device.as_str(), dt.batches, dt.samples, dt.final_chunk), ("cpu", 4, 32, 8), "{dt:?}");
+    assert!(dt.idle_s >= 0.0 && dt.idle_s <= dt.wall_s, "{dt:?}");
+    let ds = Dataset::open(&cfg.out).expect("open");
+    let _g = tch::no_grad_guard();
+    for (name, which) in [("bicubic", Builtin::Bicubic), ("sharp", Builtin::SharpBicubic)] {
+        let e = srcache_cache::Expert::load(name, &srcache_cache::ExpertSource::Builtin(which), 2, tch::Device::Cpu, 16).expect("load");
+        for b in 0..4usize {
+            // The batch's LR patches exactly as the pipeline fed them: u8 / 255.
+            let mut lr = Vec::new();
+            for g in b * 8..(b + 1) * 8 {
+                let (s, i) = ds.sample(g).expect("sample");
+                lr.extend(s.tensor(i, "lr").expect("lr").decode().expect("decode"));
+            }
+            let x = tch::Tensor::from_slice(&lr).reshape([8, 3, 16, 16]).to_kind(tch::Kind::Float) / 255.0;
+            let (sr, _) = e.forward(&x).expect("forward");
+            let sr = sr.to_kind(tch::Kind::Half).contiguous();
+            let mut want = vec![0u8; sr.numel() * 2];
+            sr.copy_data_u8(&mut want, sr.numel());
+            let per = want.len() / 8;
+            for k in 0..8 {
+                let (s, i) = ds.sample(b * 8 + k).expect("sample");
+                let got = s.tensor(i, &format!("sr/{name}")).expect("sr").decode().expect("decode");
+                assert!(got == want[k * per..(k + 1) * per], "{name}: sample {} differs from the expert's own output", b * 8 + k);
+            }
+        }
+    }
+}

@@ -4,8 +4,10 @@
 
 use crate::{error_chain, Dataset, ManifestRow, Result};
 
-/// The differences between `a` and `b`, at most `max` of them (empty = equal).
-pub fn diff_datasets(a: &Dataset, b: &Dataset, max: usize) -> Result<Vec<String>> {
+/// The differences between `a` and `b`, at most `max` of them (empty = equal). With `tolerance`, float tensors
+/// may differ by that much per value (and the manifest's PSNR and stored-size columns are not compared):
+/// what two devices' runs of the same experts are held to when their kernels are not bit-identical.
+pub fn diff_datasets(a: &Dataset, b: &Dataset, max: usize, tolerance: Option<f32>) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut push = |s: String| {
         if out.len() < max {
@@ -24,7 +26,10 @@ pub fn diff_datasets(a: &Dataset, b: &Dataset, max: usize) -> Result<Vec<String>
     let (mut buf_a, mut buf_b) = (Vec::new(), Vec::new());
     for g in 0..a.len().min(b.len()) {
         let (ra, rb) = (&a.manifest()[g], &b.manifest()[g]);
-        let same_row = |r: &ManifestRow| ManifestRow { shard: String::new(), index: 0, ..r.clone() };
+        let same_row = |r: &ManifestRow| match tolerance {
+            None => ManifestRow { shard: String::new(), index: 0, ..r.clone() },
+            Some(_) => ManifestRow { shard: String::new(), index: 0, psnr: Default::default(), bytes: 0, ..r.clone() },
+        };
         if same_row(ra) != same_row(rb) {
             push(format!("sample {g}: manifest rows differ: {ra:?} vs {rb:?}"));
             continue;
@@ -39,6 +44,16 @@ pub fn diff_datasets(a: &Dataset, b: &Dataset, max: usize) -> Result<Vec<String>
             let r = read(shard_a, ia, &mut buf_a).and_then(|_| read(shard_b, ib, &mut buf_b));
             match r {
                 Err(e) => push(format!("sample {g} ({}), tensor {name}: {}", ra.sample_id, error_chain(&e))),
+                Ok(()) if buf_a != buf_b && tolerance.is_some() && sa.is_some_and(|s| s.tensors[t].dtype.is_float()) => {
+                    let dtype = sa.map(|s| s.tensors[t].dtype).unwrap_or(crate::DType::F32);
+                    let (mut va, mut vb) = (Vec::new(), Vec::new());
+                    crate::codec::to_f32_into(dtype, &buf_a, &mut va);
+                    crate::codec::to_f32_into(dtype, &buf_b, &mut vb);
+                    let worst = va.iter().zip(&vb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+                    if worst > tolerance.unwrap_or(0.0) || va.len() != vb.len() {
+                        push(format!("sample {g} ({}), tensor {name}: values differ by up to {worst:e}", ra.sample_id));
+                    }
+                }
                 Ok(()) if buf_a != buf_b => {
                     let first = buf_a.iter().zip(&buf_b).position(|(x, y)| x != y).unwrap_or(buf_a.len().min(buf_b.len()));
                     push(format!("sample {g} ({}), tensor {name}: bytes differ (first at byte {first})", ra.sample_id));

@@ -207,6 +207,18 @@ pub fn print_summary(s: &CacheSummary) {
     for (name, p) in &s.mean_psnr {
         println!("  mean Y-PSNR {name:<16} {p:.2} dB");
     }
+    for d in &s.devices {
+        println!(
+            "  device {:<8} {} batches, {} samples; busy {:.1}s, idle {:.1}s ({:.0}% idle, waiting for input); final batch {}",
+            d.device,
+            d.batches,
+            d.samples,
+            d.wall_s - d.idle_s,
+            d.idle_s,
+            100.0 * d.idle_share(),
+            d.final_chunk
+        );
+    }
     println!(
         "time {:.1}s wall; busy: ingest {:.1}s, forward {:.1}s, compress {:.1}s, write {:.1}s; {:.1} samples/s",
         s.wall_s,

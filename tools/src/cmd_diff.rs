@@ -16,11 +16,15 @@ pub struct Args {
     /// Show at most this many differences.
     #[arg(long, default_value_t = 10)]
     pub max: usize,
+    /// Let float tensors differ by up to this much per value (and ignore the PSNR and stored-size columns):
+    /// for runs on different devices whose kernels are not bit-identical. Default: bit for bit.
+    #[arg(long)]
+    pub tolerance: Option<f32>,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let (da, db) = (Dataset::open(&a.a)?, Dataset::open(&a.b)?);
-    let diffs = srcache_formats::diff_datasets(&da, &db, a.max)?;
+    let diffs = srcache_formats::diff_datasets(&da, &db, a.max, a.tolerance)?;
     for d in &diffs {
         println!("DIFF {d}");
     }

@@ -3,21 +3,77 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::PathBuf;
 
-pub fn run() -> anyhow::Result<()> {
-    println!("srcache        {}", env!("CARGO_PKG_VERSION"));
-    let (version, lib) = loaded_torch();
-    println!("torch          {version}");
-    if let Some(lib) = lib {
+/// Print versions and hardware: srcache, the libtorch actually loaded (and its CUDA build), CUDA devices, cuDNN, CPU threads.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// One JSON object instead of text (for scripts, e.g. scripts/gpu-check.sh).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    srcache: String,
+    torch: String,
+    libtorch: Option<PathBuf>,
+    torch_built: String,
+    /// The CUDA toolkit torch was built for (`cu130` in `2.11.0+cu130`), None for a CPU-only build.
+    cuda_build: Option<String>,
+    cuda_runtime: Option<i64>,
+    cuda_devices: Vec<Gpu>,
+    cudnn: Option<i64>,
+    cpu_threads: usize,
+    torch_threads: i32,
+}
+
+#[derive(serde::Serialize)]
+struct Gpu {
+    device: String,
+    name: Option<String>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let (torch, libtorch) = loaded_torch();
+    let cuda_build = torch.split_once('+').map(|(_, b)| b.to_string()).filter(|b| b.starts_with("cu"));
+    let n = tch::Cuda::device_count();
+    // Only asked when present: libtorch throws (and tch would panic) when CUDA or cuDNN is missing.
+    let cudnn = tch::Cuda::cudnn_is_available().then(tch::utils::version_cudnn);
+    let cuda_runtime = (n > 0 && tch::utils::has_cudart()).then(tch::utils::version_cudart);
+    let r = Report {
+        srcache: env!("CARGO_PKG_VERSION").into(),
+        torch,
+        libtorch,
+        torch_built: env!("SRCACHE_TORCH_BUILT_VERSION").into(),
+        cuda_build,
+        cuda_runtime,
+        cuda_devices: (0..n).map(|i| Gpu { device: format!("cuda:{i}"), name: cuda_device_name(i) }).collect(),
+        cudnn,
+        cpu_threads: num_cpus::get(),
+        torch_threads: tch::get_num_threads(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("srcache        {}", r.srcache);
+    println!("torch          {}", r.torch);
+    if let Some(lib) = &r.libtorch {
         println!("libtorch       {}", lib.display());
     }
-    println!("torch (built)  {}", env!("SRCACHE_TORCH_BUILT_VERSION"));
-    let n = tch::Cuda::device_count();
-    println!("cuda devices   {n}");
-    for i in 0..n {
-        println!("  cuda:{i}       {}", cuda_device_name(i).unwrap_or_else(|| "(name unavailable)".into()));
+    println!("torch (built)  {}", r.torch_built);
+    println!("cuda build     {}", r.cuda_build.as_deref().unwrap_or("none (CPU-only torch)"));
+    if let Some(v) = r.cuda_runtime {
+        println!("cuda runtime   {}.{}", v / 1000, (v % 1000) / 10);
     }
-    println!("cudnn          {}", if tch::Cuda::cudnn_is_available() { "available" } else { "not available" });
-    println!("cpu threads    {} (torch intra-op threads: {})", num_cpus::get(), tch::get_num_threads());
+    println!("cuda devices   {n}");
+    for g in &r.cuda_devices {
+        println!("  {:<12} {}", g.device, g.name.as_deref().unwrap_or("(name unavailable)"));
+    }
+    match r.cudnn {
+        Some(v) => println!("cudnn          {v}"),
+        None => println!("cudnn          not available"),
+    }
+    println!("cpu threads    {} (torch intra-op threads: {})", r.cpu_threads, r.torch_threads);
     Ok(())
 }
 

@@ -35,8 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print versions and hardware: srcache, torch, CUDA devices, cuDNN, CPU threads.
-    Doctor,
+    /// Print versions and hardware: srcache, torch and its CUDA build, CUDA devices, cuDNN, CPU threads.
+    Doctor(doctor::Args),
     /// The end-to-end demo on built-in photos and experts: ingest → cache → train → eval, with a report.
     Demo(cmd_demo::Args),
     /// Prepare data: write MATLAB-bicubic LR folders, or LR/HR patch shards (no experts).
@@ -96,7 +96,7 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Doctor => doctor::run(),
+        Command::Doctor(a) => doctor::run(a),
         Command::Demo(a) => cmd_demo::run(a),
         Command::Ingest(a) => cmd_ingest::run(a),
         Command::Cache(a) => cmd_cache::run(a),

@@ -49,7 +49,7 @@ impl Batch {
     /// The batch on `device` as f32 (u8 tensors scaled by 1/255), ready for the model.
     pub fn to_device(&self, device: Device) -> Result<Batch> {
         let mv = |t: &Tensor| -> Result<Tensor> {
-            let t = if device == Device::Cpu {
+            let t = if device == Device::Cpu || t.device() == device {
                 t.shallow_clone()
             } else {
                 // Pinned host memory lets the copy overlap with compute (the loader's workers pin when told the

@@ -11,9 +11,15 @@ use crate::cmd_cache::{build_config, CacheArgs};
 
 #[derive(Args, Debug)]
 pub struct BenchCacheArgs {
-    /// HR images (default: the five photos built into the binary).
+    /// HR images (default: --images DIV2K-size frames made from the built-in photos).
     #[arg(long)]
     pub hr: Option<PathBuf>,
+    /// Without --hr: how many 2040x1356 frames to generate (each gives (510/patch)·(339/patch) x4 patches).
+    #[arg(long, default_value_t = 8)]
+    pub images: usize,
+    /// Patch stride in LR pixels (default: the patch size).
+    #[arg(long)]
+    pub stride: Option<u32>,
     #[arg(long, default_value_t = 2)]
     pub scale: u32,
     #[arg(long, default_value_t = 32)]
@@ -28,8 +34,12 @@ pub struct BenchCacheArgs {
     /// Samples through the pipeline.
     #[arg(long, default_value_t = 1024)]
     pub samples: u64,
+    /// fp16 autocast on CUDA (both the pipeline and the forward-only baseline).
     #[arg(long)]
     pub fp16: bool,
+    /// Also write the figures as JSON here (for scripts/gpu-check.sh).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 pub fn run(a: BenchCacheArgs) -> anyhow::Result<()> {
@@ -43,7 +53,12 @@ pub fn run(a: BenchCacheArgs) -> anyhow::Result<()> {
     let out = scratch.path().join("cache");
     let hr = match &a.hr {
         Some(h) => h.clone(),
-        None => srcache_ingest::photos::extract(&scratch.path().join("photos"))?,
+        None => {
+            let d = scratch.path().join("hr");
+            std::fs::create_dir_all(&d)?;
+            super::write_bench_pngs(&d, a.images)?;
+            d
+        }
     };
     let cache_args = CacheArgs {
         config: None,
@@ -51,7 +66,7 @@ pub fn run(a: BenchCacheArgs) -> anyhow::Result<()> {
         lr: None,
         scale: Some(a.scale),
         patch: Some(a.patch),
-        stride: None,
+        stride: a.stride,
         experts,
         out: Some(out.clone()),
         devices: Some(a.devices.clone()),
@@ -101,6 +116,26 @@ pub fn run(a: BenchCacheArgs) -> anyhow::Result<()> {
         "stage busy      ingest {:.2}s  forward {:.2}s  compress {:.2}s  write {:.2}s  (wall {wall:.2}s)",
         summary.stages.ingest_s, summary.stages.forward_s, summary.stages.compress_s, summary.stages.write_s
     );
-    println!("ratio           {:.1}% of forward-only throughput", 100.0 * pipeline_sps / forward_sps.max(1e-9));
+    for d in &summary.devices {
+        println!(
+            "device {:<8} busy {:.2}s, idle {:.2}s = {:.1}% idle (waiting for input), final batch {}",
+            d.device,
+            d.wall_s - d.idle_s,
+            d.idle_s,
+            100.0 * d.idle_share(),
+            d.final_chunk
+        );
+    }
+    let ratio = pipeline_sps / forward_sps.max(1e-9);
+    println!("ratio           {:.1}% of forward-only throughput (bar >= 90% on GPU)", 100.0 * ratio);
+    if let Some(p) = &a.json {
+        let j = serde_json::json!({
+            "devices": a.devices, "experts": cfg.experts.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+            "patch": a.patch, "scale": a.scale, "batch": a.batch, "fp16": a.fp16, "samples": summary.written,
+            "forward_only_samples_s": forward_sps, "pipeline_samples_s": pipeline_sps, "ratio": ratio,
+            "device_times": summary.devices, "stages": summary.stages,
+        });
+        srcache_formats::write_atomic(p, &serde_json::to_vec_pretty(&j)?)?;
+    }
     Ok(())
 }

@@ -110,30 +110,6 @@ pub fn run_resize(a: BenchResizeArgs) -> Result<()> {
     Ok(())
 }
 
-/// A 2K frame made of a real photo at its native resolution, mirror-tiled: unlike an upscaled photo it keeps
-/// camera-like detail, so the PNG costs what DIV2K's do to decode (~12-13 bits/pixel against DIV2K's ~12.6).
-fn native_mosaic(src: &RgbImage, w: u32, h: u32) -> RgbImage {
-    let (sw, sh) = (src.width(), src.height());
-    let fold = |v: u32, n: u32| {
-        let p = v % (2 * n);
-        if p < n {
-            p
-        } else {
-            2 * n - 1 - p
-        }
-    };
-    RgbImage::from_fn(w, h, |x, y| *src.get_pixel(fold(x, sw), fold(y, sh)))
-}
-
-fn write_bench_pngs(dir: &std::path::Path, n: usize) -> Result<()> {
-    let srcs = srcache_ingest::photos::PHOTOS;
-    for i in 0..n {
-        let src = srcache_ingest::photos::decode(srcs[i % srcs.len()].0)?;
-        srcache_ingest::write_png(&dir.join(format!("{:04}.png", i + 1)), &native_mosaic(&src, 2040, 1356))?;
-    }
-    Ok(())
-}
-
 fn ingest_args(a: &BenchIngestArgs, hr: &std::path::Path, lr: Option<PathBuf>, out: PathBuf, codec: PatchCodec) -> PatchesArgs {
     PatchesArgs {
         hr: hr.to_path_buf(),
@@ -163,7 +139,7 @@ pub fn run_ingest(a: BenchIngestArgs) -> Result<()> {
         None => {
             let d = tmp.join("hr");
             std::fs::create_dir_all(&d)?;
-            write_bench_pngs(&d, a.images)?;
+            super::write_bench_pngs(&d, a.images)?;
             d
         }
     };

@@ -29,6 +29,19 @@ pub struct BenchLoaderArgs {
     pub zstd: bool,
     #[arg(long, default_value_t = 12)]
     pub train_steps: usize,
+    /// Device of the training-step comparison: `cpu`, `cuda:0` (the trainer pins batches and copies them
+    /// non-blocking there).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Batch size of the training-step comparison (the GPU check uses 16).
+    #[arg(long, default_value_t = 2)]
+    pub train_batch: usize,
+    /// LR crop side of the training-step comparison (the GPU check uses 48).
+    #[arg(long, default_value_t = 32)]
+    pub train_crop: u32,
+    /// Also write the figures as JSON here (for scripts/gpu-check.sh).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 pub fn run(a: BenchLoaderArgs) -> anyhow::Result<()> {
@@ -44,6 +57,9 @@ pub fn run(a: BenchLoaderArgs) -> anyhow::Result<()> {
         batches: a.batches,
         crop: a.crop,
         train_steps: a.train_steps,
+        train_device: a.device.clone(),
+        train_batch: a.train_batch,
+        train_crop: a.train_crop,
         ..Default::default()
     };
     cfg.dir = scratch.path().to_path_buf();
@@ -52,5 +68,12 @@ pub fn run(a: BenchLoaderArgs) -> anyhow::Result<()> {
     }
     let report = bench::run(&cfg, &mut |m| eprintln!("{m}"))?;
     println!("{report}");
+    if let Some(p) = &a.json {
+        let mut j = serde_json::to_value(&report)?;
+        j["device"] = a.device.clone().into();
+        j["train_batch"] = a.train_batch.into();
+        j["train_crop"] = a.train_crop.into();
+        srcache_formats::write_atomic(p, &serde_json::to_vec_pretty(&j)?)?;
+    }
     Ok(())
 }

@@ -26,6 +26,10 @@ pub struct LoaderBenchConfig {
     pub crop: Option<u32>,
     pub codec: Codec,
     pub train_steps: usize,
+    /// Device of the training-step comparison (`cpu`, `cuda:0`).
+    pub train_device: String,
+    pub train_batch: usize,
+    pub train_crop: u32,
 }
 
 impl Default for LoaderBenchConfig {
@@ -40,13 +44,16 @@ impl Default for LoaderBenchConfig {
             crop: None,
             codec: Codec::Raw,
             train_steps: 12,
+            train_device: "cpu".into(),
+            train_batch: 2,
+            train_crop: 32,
         }
     }
 }
 
 pub const EXPERTS: [(&str, usize); 3] = [("hat", 180), ("swinir", 180), ("rrdb", 64)];
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct LoaderBenchReport {
     /// Codec of the sr/feat tensors in the shards.
     pub codec: Codec,
@@ -281,13 +288,38 @@ pub fn run(cfg: &LoaderBenchConfig, log: &mut dyn FnMut(&str)) -> Result<LoaderB
     tch::set_num_threads(threads);
 
     // Training step time: default fusion model, fed by the loader vs by the same batches held in memory.
-    let mut tc = TrainConfig { device: "cpu".into(), steps: cfg.train_steps as u64 + 2, ..Default::default() };
-    let lc = LoaderConfig { batch_size: 2, crop: Some(32), workers: 1, prefetch: 2, ..Default::default() };
+    let mut tc = TrainConfig { device: cfg.train_device.clone(), steps: cfg.train_steps as u64 + 2, ..Default::default() };
+    let device = tc.device()?;
+    // As the trainer does on CUDA: the loader's workers hand over batches already in pinned memory.
+    let pin_device = device.is_cuda().then_some(device);
+    let lc = LoaderConfig {
+        batch_size: cfg.train_batch,
+        crop: Some(cfg.train_crop),
+        workers: cfg.workers.max(1),
+        prefetch: 2,
+        pin_device,
+        ..Default::default()
+    };
     let mut loader = Loader::new(ds.clone(), (0..ds.len()).collect(), &lc, LoaderPosition::default())?;
     tc.model.experts = loader.experts.clone();
     tc.model.feat_channels = loader.feat_channels.clone();
+    // The in-memory baseline holds its batches where the model is (on the GPU when training there): a step
+    // fed by it pays no data cost at all, so the ratio is exactly what the loader adds.
+    let on_device = |b: Batch| -> Result<Batch> {
+        let mv = |t: &Tensor| t.f_to_device(device).map_err(anyhow::Error::from);
+        Ok(Batch {
+            lr: mv(&b.lr)?,
+            hr: mv(&b.hr)?,
+            sr: b.sr.iter().map(mv).collect::<Result<_>>()?,
+            feat: b.feat.iter().map(mv).collect::<Result<_>>()?,
+            indices: b.indices,
+            aug: b.aug,
+        })
+    };
     let mut mem = MemorySource {
-        batches: (0..4).map(|_| loader.next_batch().map(|b| clone_batch(&b)).map_err(anyhow::Error::from)).collect::<Result<_>>()?,
+        batches: (0..4)
+            .map(|_| loader.next_batch().map(|b| clone_batch(&b)).map_err(anyhow::Error::from).and_then(on_device))
+            .collect::<Result<_>>()?,
         next: 0,
     };
     // Per-step times, loader-fed and in-memory steps alternating on two identical trainers, medians compared:

@@ -8,6 +8,32 @@ mod formats;
 mod ingest;
 mod loader;
 mod loader_lib;
+mod parity;
+
+/// A 2K frame made of a real photo at its native resolution, mirror-tiled: unlike an upscaled photo it keeps
+/// camera-like detail, so the PNG costs what DIV2K's do to decode (~12-13 bits/pixel against DIV2K's ~12.6).
+pub(crate) fn native_mosaic(src: &image::RgbImage, w: u32, h: u32) -> image::RgbImage {
+    let (sw, sh) = (src.width(), src.height());
+    let fold = |v: u32, n: u32| {
+        let p = v % (2 * n);
+        if p < n {
+            p
+        } else {
+            2 * n - 1 - p
+        }
+    };
+    image::RgbImage::from_fn(w, h, |x, y| *src.get_pixel(fold(x, sw), fold(y, sh)))
+}
+
+/// `n` DIV2K-size (2040x1356) PNGs made from the built-in photos, `0001.png`…, into `dir`.
+pub(crate) fn write_bench_pngs(dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
+    let srcs = srcache_ingest::photos::PHOTOS;
+    for i in 0..n {
+        let src = srcache_ingest::photos::decode(srcs[i % srcs.len()].0)?;
+        srcache_ingest::write_png(&dir.join(format!("{:04}.png", i + 1)), &native_mosaic(&src, 2040, 1356))?;
+    }
+    Ok(())
+}
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -19,6 +45,8 @@ pub enum Bench {
     Cache(cache::BenchCacheArgs),
     /// Shard loader vs one fp32 archive per sample; training step fed by the loader vs in-memory batches.
     Loader(loader::BenchLoaderArgs),
+    /// The same real patches through each expert on a device and on the CPU: fp32 max |diff|, fp16 PSNR.
+    Parity(parity::BenchParityArgs),
     /// Per-codec encode/decode GB/s and ratio on real-photo content; shard vs one fp32 archive per sample.
     Formats(formats::BenchFormatsArgs),
 }
@@ -30,5 +58,6 @@ pub fn run(b: Bench) -> anyhow::Result<()> {
         Bench::Cache(a) => cache::run(a),
         Bench::Loader(a) => loader::run(a),
         Bench::Formats(a) => formats::run(a),
+        Bench::Parity(a) => parity::run(a),
     }
 }

@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""The GPU check of srcache (issue #11), run by scripts/gpu-check.sh on a CUDA machine in one go.
+
+    python python/gpu_check.py OUTDIR --bin SRCACHE_BIN [--device cuda:0] [--quick]
+
+Needs only torch (CUDA build) and the stdlib: the experts are made here with random weights
+(python/gpu_archs.py, plain PyTorch), the srcache binary runs against this torch's lib/ (the wrapper sets
+LD_LIBRARY_PATH). Every check records its figures and a pass/fail in OUTDIR/report.json and OUTDIR/report.md;
+the exit status is non-zero if any check fails. `--device cpu --quick` runs the same checks on the CPU at
+small sizes, which is how the script itself is tested on machines without a GPU (the figures then mean
+nothing; the report says so).
+
+Checks:
+  doctor        the GPU(s), cuDNN and the CUDA build of torch are listed
+  parity        RRDB (Real-ESRGAN x4plus size) and SwinIR-M through the device vs the CPU: fp32 max|diff| <= 1e-3,
+                fp16 autocast PSNR >= 45 dB
+  bench-cache   pipeline / forward-only >= 0.90, fp32 and fp16, batch 16 and 64, patch 64; the device's idle share
+  two-devices   --devices D,D (two workers on one GPU) data-parallel and expert-split == the one-device shards
+  sigkill       SIGKILL in the middle of a run, then the same command: == an uninterrupted run
+  oom           a batch that cannot fit halves itself, the run completes, with a message
+  bench-loader  loader-fed step time / in-memory batches <= 1.05 (default fusion model, batch 16, crop 48),
+                shuffle_zstd shards and raw shards
+  train-resume  train --device D with amp, then --resume: the loss curve continues
+  eval          eval of that run on D within 0.01 dB of the same eval on the CPU
+"""
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+
+class Check:
+    def __init__(self, name):
+        self.name, self.ok, self.figures, self.notes, self.seconds = name, None, {}, [], 0.0
+
+
+class Runner:
+    def __init__(self, args):
+        self.args, self.out, self.checks = args, os.path.abspath(args.outdir), []
+        self.dev = args.device
+        self.log_path = os.path.join(self.out, "commands.log")
+
+    def srcache(self, *argv, check=True, timeout=600, env=None):
+        cmd = [self.args.bin, *map(str, argv)]
+        t0 = time.time()
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        with open(self.log_path, "a") as f:
+            f.write(f"$ {' '.join(cmd)}   # exit {p.returncode}, {time.time() - t0:.1f}s\n{p.stdout}{p.stderr}\n")
+        if check and p.returncode != 0:
+            tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"srcache {argv[0]} failed (exit {p.returncode}): {' | '.join(tail)}")
+        return p
+
+    def run(self, name, fn):
+        c = Check(name)
+        t0 = time.time()
+        try:
+            fn(c)
+            if c.ok is None:
+                c.ok = True
+        except Exception as e:  # a check that cannot run is a failed check, with the reason
+            c.ok = False
+            c.notes.append(f"error: {e}")
+            with open(self.log_path, "a") as f:
+                f.write(traceback.format_exc() + "\n")
+        c.seconds = time.time() - t0
+        self.checks.append(c)
+        print(f"[gpu-check] {name:<13} {'PASS' if c.ok else 'FAIL'} ({c.seconds:.0f}s) {json.dumps(c.figures)[:300]} "
+              f"{' '.join(c.notes)[:300]}", flush=True)
+        self.write_report()
+
+    def write_report(self):
+        j = {"device": self.dev, "quick": self.args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "doctor": getattr(self, "doctor", None),
+             "checks": [{"name": c.name, "ok": c.ok, "seconds": round(c.seconds, 1), "figures": c.figures,
+                         "notes": c.notes} for c in self.checks]}
+        with open(os.path.join(self.out, "report.json"), "w") as f:
+            json.dump(j, f, indent=2)
+        gpus = ", ".join(g.get("name") or g["device"] for g in (j["doctor"] or {}).get("cuda_devices", [])) or "none"
+        lines = [f"# srcache GPU check ({j['date']})", "",
+                 f"device {self.dev}; GPUs: {gpus}; torch {(j['doctor'] or {}).get('torch', '?')}"
+                 + ("; QUICK CPU MODE: figures are not GPU figures" if self.args.quick else ""), "",
+                 "| check | result | seconds | figures | notes |", "|---|---|---|---|---|"]
+        for c in self.checks:
+            figs = "; ".join(f"{k}={v}" for k, v in c.figures.items())
+            lines.append(f"| {c.name} | {'PASS' if c.ok else 'FAIL'} | {c.seconds:.0f} | {figs} | {' '.join(c.notes)} |")
+        with open(os.path.join(self.out, "report.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("outdir")
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--quick", action="store_true", help="small sizes (testing the script on a CPU)")
+    args = ap.parse_args()
+    os.makedirs(args.outdir, exist_ok=True)
+    r = Runner(args)
+    work = os.path.join(r.out, "work")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    q = args.quick
+    patch = 16 if q else 64
+    experts_dir = os.path.join(work, "experts")
+    cuda = args.device.startswith("cuda")
+
+    def doctor(c):
+        d = json.loads(r.srcache("doctor", "--json").stdout)
+        r.doctor = d
+        c.figures = {"gpus": [g.get("name") for g in d["cuda_devices"]], "cudnn": d["cudnn"], "cuda_build": d["cuda_build"],
+                     "torch": d["torch"]}
+        if cuda:
+            missing = [k for k, ok in (("a CUDA device", d["cuda_devices"]), ("cuDNN", d["cudnn"]),
+                                       ("a CUDA build of torch", d["cuda_build"])) if not ok]
+            if missing:
+                c.ok = False
+                c.notes.append("doctor does not list " + ", ".join(missing))
+
+    r.run("doctor", doctor)
+    if cuda and not (getattr(r, "doctor", None) or {}).get("cuda_devices"):
+        print("[gpu-check] no CUDA device: the remaining checks need one (see report.md)", flush=True)
+        return 1
+
+    def make_experts(c):
+        cmd = [sys.executable, os.path.join(HERE, "make_gpu_experts.py"), experts_dir, "--size", str(patch),
+               "--device", "cuda" if cuda else "cpu"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        with open(r.log_path, "a") as f:
+            f.write(f"$ {' '.join(cmd)}   # exit {p.returncode}\n{p.stdout}{p.stderr}\n")
+        if p.returncode != 0:
+            raise RuntimeError("make_gpu_experts.py failed: " + " | ".join(p.stderr.strip().splitlines()[-3:]))
+        make_memhog(os.path.join(experts_dir, "memhog.pt"), 8 << 20 if q else 4 << 30)
+        c.figures = {k: v.get("params") for k, v in read_json(os.path.join(experts_dir, "experts.json")).get("experts", {}).items()} \
+            if isinstance(read_json(os.path.join(experts_dir, "experts.json")).get("experts"), dict) else {}
+
+    r.run("experts", make_experts)
+    rrdb, swinir, memhog = (os.path.join(experts_dir, n) for n in ("rrdb.pt", "swinir.pt", "memhog.pt"))
+    pair = ["--expert", f"rrdb={rrdb}", "--expert", f"swinir={swinir}"]
+
+    def parity(c):
+        js = os.path.join(work, "parity.json")
+        r.srcache("bench", "parity", *pair, "--device", args.device, "--patch", patch, "--patches", 4 if q else 8, "--json", js)
+        for e in read_json(js)["experts"]:
+            c.figures[e["expert"]] = {"fp32_max_abs": e["fp32_max_abs_diff_sr"], "feat_max_abs": e["fp32_max_abs_diff_feat"],
+                                      "fp16_psnr_db": e["fp16_psnr_sr_db"]}
+            if not e["fp32_ok"] or e["fp16_ok"] is False:
+                c.ok = False
+
+    r.run("parity", parity)
+
+    def bench_cache(c):
+        runs = [(False, 16), (True, 16), (False, 64), (True, 64)] if not q else [(False, 4)]
+        for fp16, batch in runs:
+            if fp16 and not cuda:
+                continue
+            js = os.path.join(work, f"bench-cache-{'fp16' if fp16 else 'fp32'}-{batch}.json")
+            extra = ["--fp16"] if fp16 else []
+            r.srcache("bench", "cache", *pair, "--devices", args.device, "--scale", 4, "--patch", patch, "--batch", batch,
+                      "--samples", 64 if q else 1024, "--images", 2 if q else 12, *extra, "--json", js, timeout=900)
+            j = read_json(js)
+            key = f"{'fp16' if fp16 else 'fp32'}_b{batch}"
+            idle = [round(d["idle_s"] / d["wall_s"], 3) if d["wall_s"] else None for d in j["device_times"]]
+            c.figures[key] = {"pipeline_sps": round(j["pipeline_samples_s"], 1), "forward_sps": round(j["forward_only_samples_s"], 1),
+                              "ratio": round(j["ratio"], 3), "idle_share": idle}
+            if j["ratio"] < 0.90 and not q:  # a GPU bar: on the CPU (--quick) the figure is informative only
+                c.ok = False
+                c.notes.append(f"{key}: pipeline/forward {j['ratio']:.3f} < 0.90")
+
+    r.run("bench-cache", bench_cache)
+
+    photos = os.path.join(REPO, "tests", "data", "photos")
+    cfg_path = os.path.join(work, "cache.toml")
+    # On the GPU: ~240 samples of 64x64 (3 degradation variants), enough for the kill to land mid-run; on the CPU
+    # (--quick) a few dozen 16x16 ones.
+    inputs = (f'stride = {patch}\nlimit = 24\n' if q else f'stride = {patch // 4}\nvariants = ["clean", "blur:1.0", "noise:5"]\n')
+    with open(cfg_path, "w") as f:
+        f.write(f'[input]\nhr_dir = "{photos}"\nscale = 4\npatch = {patch}\n{inputs}'
+                f'[[experts]]\nname = "rrdb"\npath = "{rrdb}"\n[[experts]]\nname = "swinir"\npath = "{swinir}"\n')
+
+    def cache(out, *extra, check=True):
+        return r.srcache("cache", "--config", cfg_path, "--out", out, "--quiet", "--batch", 4 if q else 8, "--shard-mb", 4, *extra,
+                         check=check, timeout=900)
+
+    one = os.path.join(work, "one")
+
+    def two_devices(c):
+        cache(one, "--devices", args.device)
+        for mode, extra in (("data_parallel", ["--devices", f"{args.device},{args.device}"]),
+                            ("expert_split", ["--devices", args.device, "--expert-split", "--expert", f"rrdb={rrdb}@{args.device}",
+                                              "--expert", f"swinir={swinir}@{args.device}"])):
+            out = os.path.join(work, mode)
+            cache(out, *extra)
+            p = r.srcache("diff", one, out, check=False)
+            if p.returncode == 0:
+                c.figures[mode] = "bit-identical"
+            else:
+                t = r.srcache("diff", one, out, "--tolerance", "1e-3", check=False)
+                c.figures[mode] = "within 1e-3" if t.returncode == 0 else "DIFFERENT"
+                if t.returncode != 0:
+                    c.ok = False
+                    c.notes.append(f"{mode}: {t.stdout.strip().splitlines()[:2]}")
+
+    r.run("two-devices", two_devices)
+
+    def sigkill(c):
+        out = os.path.join(work, "killed")
+        cmd = [args.bin, "cache", "--config", cfg_path, "--out", out, "--quiet", "--batch", "2", "--shard-mb", "1",
+               "--devices", args.device]
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = time.time()
+        while time.time() - t0 < 300 and p.poll() is None:
+            if any(n.startswith("shard-") and n.endswith(".srs") for n in os.listdir(out) if os.path.isdir(out)):
+                break
+            time.sleep(0.02)
+        killed = p.poll() is None
+        if killed:
+            p.send_signal(signal.SIGKILL)
+        p.wait()
+        rerun = cache(out, "--devices", args.device)
+        c.figures = {"killed_mid_run": killed, "resumed": "resumed" in rerun.stdout or "written" in rerun.stdout}
+        d = r.srcache("diff", one, out, check=False)
+        if not killed:
+            c.ok = False
+            c.notes.append("the run finished before it could be killed")
+        if d.returncode != 0:
+            c.ok = False
+            c.notes.append("result differs from the uninterrupted run: " + " ".join(d.stdout.strip().splitlines()[:2]))
+
+    r.run("sigkill", sigkill)
+
+    def oom(c):
+        out = os.path.join(work, "oom")
+        p = r.srcache("cache", "--hr", photos, "--scale", 4, "--patch", patch, "--out", out, "--quiet", "--batch", 64,
+                      "--expert", f"hog={memhog}", "--devices", args.device, check=False, timeout=900)
+        msgs = [l for l in (p.stdout + p.stderr).splitlines() if "out of memory" in l]
+        c.figures = {"exit": p.returncode, "messages": msgs[:6]}
+        if not cuda:
+            c.notes.append("not applicable on the CPU (nothing runs out of memory at this size)")
+            c.ok = p.returncode == 0
+        elif p.returncode != 0 or not any("retrying with batch" in m for m in msgs):
+            c.ok = False
+            c.notes.append("expected a completed run with 'retrying with batch' messages")
+
+    r.run("oom", oom)
+
+    def bench_loader(c):
+        for label, extra in (("shuffle_zstd", ["--zstd"]), ("raw", [])):
+            js = os.path.join(work, f"bench-loader-{label}.json")
+            r.srcache("bench", "loader", "--device", args.device, "--train-batch", 4 if q else 16, "--train-crop", 16 if q else 48,
+                      "--samples", 16 if q else 96, "--batches", 4 if q else 24, "--train-steps", 3 if q else 20, *extra,
+                      "--json", js, timeout=900)
+            j = read_json(js)
+            c.figures[label] = {"step_ratio": round(j["step_ratio"], 3), "loader_ms": round(j["step_loader_ms"], 2),
+                                "in_memory_ms": round(j["step_synthetic_ms"], 2), "loader_sps": round(j["loader_samples_s"], 1),
+                                "baseline_sps": round(j["baseline_samples_s"], 1)}
+            if j["step_ratio"] > 1.05 and not q:  # a GPU bar: on the CPU (--quick) the figure is informative only
+                c.ok = False
+                c.notes.append(f"{label}: step ratio {j['step_ratio']:.3f} > 1.05")
+
+    r.run("bench-loader", bench_loader)
+
+    run_dir = os.path.join(work, "run")
+    steps = 8 if q else 60
+
+    def train_resume(c):
+        tcfg = os.path.join(work, "train.toml")
+        with open(tcfg, "w") as f:
+            f.write(f"steps = {steps}\namp = true\nval_every = {steps // 2}\nckpt_every = {steps // 2}\nlog_every = 1\n"
+                    f"[loader]\nbatch_size = 8\ncrop = {patch // 2}\n")
+        r.srcache("train", "--data", one, "--out", run_dir, "--config", tcfg, "--device", args.device, "--steps", steps // 2)
+        r.srcache("train", "--data", one, "--out", run_dir, "--config", tcfg, "--device", args.device, "--resume")
+        with open(os.path.join(run_dir, "metrics.csv")) as f:
+            rows = list(csv.DictReader(f))
+        got = [int(x["step"]) for x in rows]
+        loss = [float(x["loss"]) for x in rows]
+        c.figures = {"steps": len(got), "first_loss": loss[0] if loss else None, "last_loss": loss[-1] if loss else None,
+                     "loss_at_resume": loss[steps // 2 - 1:steps // 2 + 1] if len(loss) > steps // 2 else None}
+        if got != list(range(1, steps + 1)):
+            c.ok = False
+            c.notes.append(f"metrics.csv steps are not 1..{steps}: {got[:5]}...{got[-5:]}")
+        elif not all(l == l for l in loss):
+            c.ok = False
+            c.notes.append("NaN loss")
+
+    r.run("train-resume", train_resume)
+
+    def evaluate(c):
+        bench = os.path.join(work, "bench")
+        os.makedirs(os.path.join(bench, "HR"), exist_ok=True)
+        for n in ("chelsea.png", "rocket.png"):
+            shutil.copy(os.path.join(photos, n), os.path.join(bench, "HR", n))
+        res = {}
+        for dev in (args.device, "cpu"):
+            js = os.path.join(work, f"eval-{dev.replace(':', '')}.json")
+            r.srcache("eval", bench, "--cache", one, "--run", run_dir, "--device", dev, "--tile", patch, "--json", js, timeout=900)
+            res[dev] = {x["method"]: x["psnr"] for x in read_json(js)}
+        d = abs(res[args.device]["fused"] - res["cpu"]["fused"])
+        c.figures = {"fused_psnr_device": res[args.device]["fused"], "fused_psnr_cpu": res["cpu"]["fused"], "abs_diff_db": d}
+        if d > 0.01:
+            c.ok = False
+            c.notes.append(f"fused PSNR differs by {d:.4f} dB > 0.01")
+
+    r.run("eval", evaluate)
+    failed = [c.name for c in r.checks if not c.ok]
+    print(f"[gpu-check] {len(r.checks) - len(failed)} of {len(r.checks)} checks passed"
+          + (f"; failed: {', '.join(failed)}" if failed else "") + f"; report: {os.path.join(r.out, 'report.md')}", flush=True)
+    return 1 if failed else 0
+
+
+def make_memhog(path, bytes_per_sample):
+    """A TorchScript expert that holds `bytes_per_sample` of device memory per sample while it runs (then returns
+    bicubic): a batch that cannot fit must make srcache halve it, whatever the GPU's size."""
+    import torch
+
+    class MemHog(torch.nn.Module):
+        def __init__(self, per: int):
+            super().__init__()
+            self.per = per
+
+        def forward(self, x):
+            hog = torch.ones([x.shape[0], self.per], dtype=torch.float32, device=x.device)
+            sr = torch.nn.functional.interpolate(x, scale_factor=4.0, mode="bicubic", align_corners=False)
+            return sr + hog.sum() * 0.0, x
+
+    torch.jit.script(MemHog(bytes_per_sample // 4)).save(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
