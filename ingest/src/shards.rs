@@ -10,10 +10,10 @@ use std::path::Path;
 use rayon::prelude::*;
 use srcache_formats::{
     encode_owned, Codec, DType, DatasetOptions, DatasetSummary, DatasetWriter, EncodedTensor, SampleMeta, Schema, TensorSpec,
-    SKIPPED_KEY,
+    MANIFEST_FILE, SKIPPED_KEY,
 };
 
-use crate::error::{IngestError, Result, Skipped};
+use crate::error::{summarise_skipped, IngestError, Result, Skipped};
 use crate::{IngestConfig, PatchSample};
 
 /// How an ingest-only dataset is stored.
@@ -109,24 +109,34 @@ fn encode_sample(schema: &Schema, s: &PatchSample) -> Result<(SampleMeta, Vec<En
         psnr: Default::default(),
     };
     let enc = |i: usize, img: &image::RgbImage| {
-        encode_owned(&schema.tensors[i], to_chw(img)).map_err(|e| IngestError::Write { path: s.source.clone().into(), reason: e.to_string() })
+        encode_owned(&schema.tensors[i], to_chw(img)).map_err(|e| IngestError::write(Path::new(&s.source), e))
     };
     Ok((meta, vec![enc(0, &s.lr)?, enc(1, &s.hr)?]))
 }
 
 /// Runs the patch pipeline of `cfg` into the dataset at `out` (created, or resumed when it holds shards of the
-/// same schema). `on_progress(images_done, images_total)` is called as images complete.
+/// same schema). `on_progress(images_done, images_total)` is called as images complete. A run that ends with
+/// no sample in the dataset is an error.
 pub fn write_patch_dataset(
     cfg: &IngestConfig,
     out: &Path,
     opts: &PatchShardOptions,
     on_progress: &dyn Fn(usize, usize),
 ) -> Result<PatchDatasetSummary> {
+    cfg.validate()?;
+    let report = crate::scan(&cfg.scan)?;
+    if cfg.strict {
+        // Before the output directory is touched: a strict run that cannot start leaves nothing behind.
+        if let Some(s) = report.skipped.first() {
+            return Err(s.to_error());
+        }
+    }
+    let existed = out.exists();
+    let werr = |e: srcache_formats::FormatError| IngestError::write(out, e);
     let schema = patch_schema(cfg.scan.scale, cfg.patch.size, opts.codec);
     let dopts = DatasetOptions { target_shard_bytes: opts.target_shard_bytes };
-    let werr = |e: srcache_formats::FormatError| IngestError::Write { path: out.to_path_buf(), reason: e.to_string() };
     let (mut writer, resume) = DatasetWriter::create_or_resume(out, schema.clone(), dopts).map_err(werr)?;
-    let mut stream = crate::stream(cfg)?;
+    let mut stream = crate::stream_from(cfg, report)?;
     let images = stream.image_count();
     let mut seen = 0u64;
     let mut written = 0u64;
@@ -158,7 +168,15 @@ pub fn write_patch_dataset(
     flush(&mut chunk, &mut writer)?;
     on_progress(images, images);
     let skipped = stream.skipped();
-    let listed = serde_json::to_string(&skipped).map_err(|e| IngestError::Config { what: format!("skipped list: {e}") })?;
+    if writer.samples() == 0 {
+        // Leave nothing behind: the directory is as it was before (or gone, if this run made it).
+        drop(writer);
+        if !existed {
+            let _ = std::fs::remove_dir(out);
+        }
+        return Err(IngestError::NoSamples { path: out.to_path_buf(), summary: summarise_skipped(images, &skipped) });
+    }
+    let listed = serde_json::to_string(&skipped).map_err(|e| IngestError::write(&out.join(MANIFEST_FILE), e))?;
     writer.set_manifest_metadata(SKIPPED_KEY, listed);
     let dataset = writer.finish().map_err(werr)?;
     Ok(PatchDatasetSummary { dataset, written, images, skipped, warnings: stream.warnings().to_vec() })
