@@ -6,6 +6,7 @@
 
 pub mod degrade;
 pub mod error;
+pub mod inputs;
 pub mod metrics;
 pub mod patch;
 pub mod photos;
@@ -16,8 +17,9 @@ mod stream;
 
 pub use degrade::Variant;
 pub use error::{summarise_skipped, BoxError, IngestError, Result, Skipped};
+pub use inputs::{InputDiff, InputList};
 pub use patch::PatchConfig;
-pub use shards::{patch_schema, write_patch_dataset, PatchDatasetSummary, PatchShardOptions};
+pub use shards::{patch_schema, write_patch_dataset, IngestRecord, PatchDatasetSummary, PatchShardOptions, RECORD_FILE};
 pub use scan::{decode_all, scan, ImageEntry, ScanConfig, ScanReport};
 /// Re-exported so tools can size thread pools (e.g. the 1-core benchmark) with the same rayon.
 pub use rayon;

@@ -76,11 +76,16 @@ pub struct PatchesArgs {
     /// Shard size target in MiB (at least 1).
     #[arg(long, default_value_t = 2048)]
     pub shard_mib: u64,
+    /// Output dataset directory: new or empty, or the same ingest to resume (its ingest.json must match).
     #[arg(long)]
     pub out: PathBuf,
     /// Fail on the first bad input file instead of skipping it (a failed write fails the run either way).
     #[arg(long)]
     pub strict: bool,
+    /// Start over when --out holds a different ingest: delete its srcache files (shards, manifest, ingest.json,
+    /// temporary files) first. A directory with any other file is refused even so.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -146,7 +151,7 @@ pub fn run_patches(a: PatchesArgs) -> Result<(u64, usize)> {
     if a.shard_mib == 0 || a.shard_mib > 1 << 30 {
         anyhow::bail!("--shard-mib {} is outside 1..={}", a.shard_mib, 1u64 << 30);
     }
-    let opts = PatchShardOptions { codec, target_shard_bytes: a.shard_mib << 20 };
+    let opts = PatchShardOptions { codec, target_shard_bytes: a.shard_mib << 20, force: a.force };
     let pb = bar(0, "images");
     let progress = |done: usize, total: usize| {
         pb.set_length(total as u64);
