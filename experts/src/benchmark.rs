@@ -59,7 +59,7 @@ impl BenchmarkFolder {
             .ok()
             .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| dir.display().to_string());
-        Ok(BenchmarkFolder { name, dir: dir.to_path_buf(), scale, entries, skipped: report.unpaired })
+        Ok(BenchmarkFolder { name, dir: dir.to_path_buf(), scale, entries, skipped: report.skipped })
     }
 
     /// Decodes entry `i` (LR generated with MATLAB bicubic when not paired).

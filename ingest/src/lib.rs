@@ -6,6 +6,7 @@
 
 pub mod degrade;
 pub mod error;
+pub mod inputs;
 pub mod metrics;
 pub mod partition;
 pub mod patch;
@@ -16,24 +17,24 @@ pub mod shards;
 mod stream;
 
 pub use degrade::Variant;
-pub use error::{IngestError, Result, Skipped};
+pub use error::{summarise_skipped, BoxError, IngestError, Result, Skipped};
+pub use inputs::{InputDiff, InputList};
 pub use partition::Part;
 pub use patch::PatchConfig;
-pub use shards::{patch_schema, write_patch_dataset, PatchDatasetSummary, PatchShardOptions};
+pub use shards::{patch_schema, write_patch_dataset, IngestRecord, PatchDatasetSummary, PatchShardOptions, RECORD_FILE};
 pub use scan::{decode_all, scan, ImageEntry, ScanConfig, ScanReport};
 /// Re-exported so tools can size thread pools (e.g. the 1-core benchmark) with the same rayon.
 pub use rayon;
-pub use stream::{prepare_image, stream, write_lr_folder, PatchStream, PreparedImage};
+pub use stream::{prepare_image, stream, stream_from, write_lr_folder, PatchStream, PreparedImage, FAULT_PANIC_ENV};
 
 use image::RgbImage;
 use srcache_formats::PatchBox;
 
 /// Encodes `img` as PNG and writes it atomically (never a half-written image under the real name).
 pub fn write_png(path: &std::path::Path, img: &RgbImage) -> Result<()> {
-    let werr = |reason: String| IngestError::Write { path: path.to_path_buf(), reason };
     let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| werr(e.to_string()))?;
-    srcache_formats::write_atomic(path, buf.get_ref()).map_err(|e| werr(srcache_formats::error_chain(&e)))
+    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| IngestError::write(path, e))?;
+    srcache_formats::write_atomic(path, buf.get_ref()).map_err(|e| IngestError::write(path, e))
 }
 
 /// Everything one ingest run needs.
@@ -53,6 +54,27 @@ pub struct IngestConfig {
     pub queue_depth: usize,
     /// Only this part of the sorted image list (see [`partition`]); None = all of it.
     pub part: Option<Part>,
+}
+
+impl IngestConfig {
+    /// Checks scale, patch size, stride, threshold, variants and queue depth before any file is read.
+    pub fn validate(&self) -> Result<()> {
+        self.scan.validate()?;
+        self.patch.validate()?;
+        self.parsed_variants()?;
+        if self.queue_depth == 0 {
+            return Err(IngestError::Config { what: "queue depth 0: at least one image must be in flight".into() });
+        }
+        Ok(())
+    }
+
+    /// The variants, parsed (the clean pair when none is given).
+    pub fn parsed_variants(&self) -> Result<Vec<Variant>> {
+        if self.variants.is_empty() {
+            return Ok(vec![Variant::clean()]);
+        }
+        self.variants.iter().map(|v| Variant::parse(v)).collect()
+    }
 }
 
 impl Default for IngestConfig {

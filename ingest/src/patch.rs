@@ -19,6 +19,29 @@ impl Default for PatchConfig {
     }
 }
 
+/// Largest patch side in LR pixels: no decodable image (see `scan::MAX_SIDE`) has a larger LR, and
+/// `size · scale` stays far from overflowing.
+pub const MAX_PATCH: u32 = crate::scan::MAX_SIDE;
+
+impl PatchConfig {
+    /// A zero size or stride is refused rather than read as "no patches" or "stride 1".
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |what: String| Err(crate::IngestError::Config { what });
+        if !(1..=MAX_PATCH).contains(&self.size) {
+            return bad(format!("patch size {} is outside 1..={MAX_PATCH} (LR pixels)", self.size));
+        }
+        if self.stride == 0 {
+            return bad("patch stride 0: must be at least 1 (LR pixels)".into());
+        }
+        if let Some(t) = self.flat_threshold {
+            if !t.is_finite() || t < 0.0 {
+                return bad(format!("flat threshold {t} must be a finite number ≥ 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Window starts along one axis: every `stride` from 0, plus one window flush with the end when the grid
 /// leaves a remainder (BasicSR's rule with thresh_size = 0). Empty when `len < size`.
 pub fn starts(len: u32, size: u32, stride: u32) -> Vec<u32> {

@@ -22,14 +22,13 @@ const LICENSE: &str = include_str!("../../tests/data/photos/LICENSE.md");
 /// Writes the photos (and their licence) into `dir` (created), skipping files already there with the same
 /// bytes; returns `dir`.
 pub fn extract(dir: &Path) -> Result<PathBuf> {
-    let werr = |path: &Path, e: &dyn std::fmt::Display| IngestError::Write { path: path.to_path_buf(), reason: e.to_string() };
-    std::fs::create_dir_all(dir).map_err(|e| werr(dir, &e))?;
+    std::fs::create_dir_all(dir).map_err(|e| IngestError::write(dir, e))?;
     for (name, bytes) in PHOTOS.iter().copied().chain(std::iter::once(("LICENSE.md", LICENSE.as_bytes()))) {
         let p = dir.join(name);
         if std::fs::read(&p).is_ok_and(|b| b == bytes) {
             continue;
         }
-        srcache_formats::write_atomic(&p, bytes).map_err(|e| werr(&p, &srcache_formats::error_chain(&e)))?;
+        srcache_formats::write_atomic(&p, bytes).map_err(|e| IngestError::write(&p, e))?;
     }
     Ok(dir.to_path_buf())
 }
@@ -41,5 +40,5 @@ pub fn decode(name: &str) -> Result<RgbImage> {
     })?;
     image::load_from_memory(bytes)
         .map(|i| i.into_rgb8())
-        .map_err(|e| IngestError::Decode { path: PathBuf::from(name), reason: e.to_string() })
+        .map_err(|e| IngestError::decode(Path::new(name), e))
 }

@@ -192,6 +192,11 @@ fn resize_hwc<P: Px, O: Copy + Default + Send, const C: usize>(
     out_w: usize,
     emit: impl Fn(f32) -> O + Sync,
 ) -> Vec<O> {
+    if h == 0 || w == 0 || out_h == 0 || out_w == 0 {
+        // Nothing to sample from or nothing to make (an image smaller than the scale): an empty or blank
+        // result, never a panic in a worker. Ingest refuses such images before resizing (`SmallerThanScale`).
+        return vec![O::default(); out_h * out_w * C];
+    }
     let sy = out_h as f64 / h as f64;
     let sx = out_w as f64 / w as f64;
     let rows = contributions(h, out_h, sy, true);
@@ -246,7 +251,11 @@ pub fn to_u8(v: f32) -> u8 {
 }
 
 /// Crops `img` so both sides are multiples of `scale` (BasicSR/MATLAB `modcrop`, top-left anchored).
+/// Scale 0 leaves the image as it is.
 pub fn mod_crop(img: &RgbImage, scale: u32) -> RgbImage {
+    if scale == 0 {
+        return img.clone();
+    }
     let (w, h) = (img.width() - img.width() % scale, img.height() - img.height() % scale);
     if (w, h) == img.dimensions() {
         return img.clone();
@@ -262,11 +271,28 @@ pub fn imresize(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
 }
 
 /// The literature's LR: mod-crop HR to a multiple of `scale`, then `imresize(hr, 1/scale, 'bicubic')`.
-/// Returns (cropped HR, LR).
+/// Returns (cropped HR, LR). An image smaller than `scale` gives an empty LR (and scale 0 an empty pair);
+/// see [`try_bicubic_lr`] for the checked form ingest uses.
 pub fn bicubic_lr(hr: &RgbImage, scale: u32) -> (RgbImage, RgbImage) {
     let hr = mod_crop(hr, scale);
-    let lr = imresize(&hr, hr.width() / scale, hr.height() / scale);
+    let lr = match scale {
+        0 => RgbImage::new(0, 0),
+        s => imresize(&hr, hr.width() / s, hr.height() / s),
+    };
     (hr, lr)
+}
+
+/// An image too small to have an LR at its scale: (width, height).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmallerThanScale(pub u32, pub u32);
+
+/// [`bicubic_lr`] for images that may be smaller than `scale` (a 1x1 PNG at x4): an error instead of an
+/// empty LR. `scale` must be ≥ 1.
+pub fn try_bicubic_lr(hr: &RgbImage, scale: u32) -> Result<(RgbImage, RgbImage), SmallerThanScale> {
+    if scale == 0 || hr.width() < scale || hr.height() < scale {
+        return Err(SmallerThanScale(hr.width(), hr.height()));
+    }
+    Ok(bicubic_lr(hr, scale))
 }
 
 /// MATLAB bicubic upscaling by an integer factor: the "bicubic" baseline row of every SR table.
@@ -340,6 +366,19 @@ mod tests {
         for v in vals {
             assert_eq!(to_u8(v), reference(v), "{v}");
         }
+    }
+
+    #[test]
+    fn images_smaller_than_the_scale_do_not_panic() {
+        let one = RgbImage::from_pixel(1, 1, image::Rgb([5, 6, 7]));
+        for scale in [0, 1, 2, 4, 8] {
+            let (_, lr) = bicubic_lr(&one, scale);
+            assert_eq!(lr.dimensions(), if scale == 1 { (1, 1) } else { (0, 0) });
+            assert_eq!(try_bicubic_lr(&one, scale).is_ok(), scale == 1);
+        }
+        assert_eq!(imresize(&RgbImage::new(0, 3), 2, 2).dimensions(), (2, 2));
+        assert_eq!(imresize(&RgbImage::new(7, 3), 0, 2).dimensions(), (0, 2));
+        assert_eq!(try_bicubic_lr(&RgbImage::new(3, 9), 4), Err(SmallerThanScale(3, 9)));
     }
 
     #[test]

@@ -1,7 +1,15 @@
 //! The bounded, order-preserving ingest pipeline.
+//!
+//! Failure model: a bad input file (unreadable, undecodable, too small, unpaired) is skipped and recorded,
+//! or ends a strict run; anything else (a worker panicking, a worker vanishing, an output write failing) ends
+//! the run with an error naming the image, in every mode. Workers run each image under `catch_unwind` and
+//! announce their exit, and the consumer treats a worker that disappeared or a closed channel while images
+//! remain as an error: the stream never hangs on a lost image nor ends early as if the dataset were shorter.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
@@ -9,11 +17,40 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use crate::degrade::Variant;
-use crate::error::{IngestError, Result, Skipped};
+use crate::error::{summarise_skipped, IngestError, Result, Skipped};
 use crate::patch::{crop, grid, luma_variance, patch_id};
-use crate::resize::{bicubic_lr, imresize, mod_crop};
-use crate::scan::{decode_rgb8, scan, ImageEntry};
+use crate::resize::{imresize, mod_crop, try_bicubic_lr, SmallerThanScale};
+use crate::scan::{check_scale, decode_rgb8, list_dir, scan, unique_stems, ImageEntry, ScanReport};
 use crate::{IngestConfig, PatchSample};
+
+/// TEST HOOK, not a setting: when this environment variable holds an image stem, the ingest workers (of
+/// `stream` and `write_lr_folder`) panic on purpose when they reach that image. The end-to-end tests use it
+/// to check that a real worker panic ends the run with an error naming the file, in bounded time, through
+/// the shipped binary (so it is compiled in always; unset, it costs one environment lookup per run).
+pub const FAULT_PANIC_ENV: &str = "SRCACHE_FAULT_PANIC_ON";
+
+fn fault_stem() -> Option<String> {
+    std::env::var(FAULT_PANIC_ENV).ok().filter(|s| !s.is_empty())
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    match (p.downcast_ref::<&str>(), p.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "non-text panic payload".into(),
+    }
+}
+
+/// Runs one image's work, turning a panic (a bug, e.g. in a decoder) into an error naming the image.
+fn guarded<T>(path: &Path, stem: &str, fault: Option<&str>, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        if fault == Some(stem) {
+            panic!("{FAULT_PANIC_ENV}={stem}: deliberate test fault");
+        }
+        work()
+    }))
+    .unwrap_or_else(|p| Err(IngestError::Panic { path: path.to_path_buf(), what: panic_text(p.as_ref()) }))
+}
 
 /// A decoded image pair: mod-cropped HR and its LR (given or generated), plus a warning if alpha was dropped.
 pub struct PreparedImage {
@@ -23,14 +60,20 @@ pub struct PreparedImage {
 }
 
 /// Decodes an entry's HR (and LR if paired) and checks the LR size, or generates LR with MATLAB bicubic.
+/// An HR image smaller than `scale` is an error (`SmallerThanScale`), not an empty LR.
 pub fn prepare_image(entry: &ImageEntry, scale: u32) -> Result<PreparedImage> {
+    check_scale(scale)?;
     let (hr, a1) = decode_rgb8(&entry.hr)?;
+    let small = |SmallerThanScale(width, height)| IngestError::SmallerThanScale { path: entry.hr.clone(), width, height, scale };
     match &entry.lr {
         None => {
-            let (hr, lr) = bicubic_lr(&hr, scale);
+            let (hr, lr) = try_bicubic_lr(&hr, scale).map_err(small)?;
             Ok(PreparedImage { hr, lr, alpha_dropped: a1 })
         }
         Some(lr_path) => {
+            if hr.width() < scale || hr.height() < scale {
+                return Err(small(SmallerThanScale(hr.width(), hr.height())));
+            }
             let (lr, a2) = decode_rgb8(lr_path)?;
             let hr = mod_crop(&hr, scale);
             let (want_w, want_h) = (hr.width() / scale, hr.height() / scale);
@@ -91,15 +134,37 @@ fn process(entry: &ImageEntry, cfg: &IngestConfig, variants: &[Variant]) -> Resu
     Ok((out, img.alpha_dropped))
 }
 
-type Done = (usize, Result<(Vec<PatchSample>, bool)>);
+type Processed = (Vec<PatchSample>, bool);
+
+/// What workers tell the consumer.
+enum Msg {
+    Done(usize, Result<Processed>),
+    /// A worker ended: `Some(i)` when it ended while working on image `i` (it unwound past the panic guard,
+    /// so that image will never be reported).
+    Exited(Option<usize>),
+}
+
+/// Sends [`Msg::Exited`] however the worker ends, unwinding included.
+struct ExitNotice {
+    tx: Sender<Msg>,
+    current: Option<usize>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Exited(self.current));
+    }
+}
 
 /// Deterministic stream of patch samples (sorted files, row-major patches, variants in config order),
-/// whatever the number of workers. At most `queue_depth` images are in flight.
+/// whatever the number of workers. At most `queue_depth` images are in flight. Bad input files are skipped
+/// (see [`PatchStream::skipped`]) or, in strict mode, end the stream with their error; any other failure
+/// ends it with an error in every mode (see the module doc). After an error the stream yields nothing more.
 pub struct PatchStream {
     images: Vec<ImageEntry>,
-    results: Receiver<Done>,
+    results: Receiver<Msg>,
     tokens: Sender<()>,
-    pending: BTreeMap<usize, Result<(Vec<PatchSample>, bool)>>,
+    pending: BTreeMap<usize, Result<Processed>>,
     current: std::vec::IntoIter<PatchSample>,
     next: usize,
     strict: bool,
@@ -109,7 +174,7 @@ pub struct PatchStream {
 }
 
 impl PatchStream {
-    /// Files skipped so far (unpaired, unreadable, too small, wrong LR size), with reasons.
+    /// Files skipped so far (unpaired, unreadable, too small, wrong LR size, duplicate stems), with reasons.
     pub fn skipped(&self) -> Vec<Skipped> {
         self.skipped.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -120,7 +185,7 @@ impl PatchStream {
         self.skipped.clone()
     }
 
-    /// Non-fatal notes (e.g. an alpha channel dropped).
+    /// Non-fatal notes (e.g. an alpha channel dropped, a symlink loop not followed twice).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
@@ -130,9 +195,32 @@ impl PatchStream {
         self.images.len()
     }
 
+    /// The images the stream reads, in stream order.
+    pub fn images(&self) -> &[ImageEntry] {
+        &self.images
+    }
+
     /// Images fully emitted so far.
     pub fn images_done(&self) -> usize {
         self.next
+    }
+
+    /// Waits for one worker message. Errors end the stream: a failure that is not a bad input (reported at
+    /// once, whatever its position), a worker gone while working on an image, or every worker gone while
+    /// images remain.
+    fn receive(&mut self) -> Result<()> {
+        let lost = |i: usize| IngestError::WorkersLost { path: self.images[i].hr.clone() };
+        match self.results.recv() {
+            Ok(Msg::Done(_, Err(e))) if !e.is_input_fault() => Err(e),
+            Ok(Msg::Done(i, r)) => {
+                self.pending.insert(i, r);
+                Ok(())
+            }
+            Ok(Msg::Exited(Some(i))) => Err(lost(i)),
+            // A worker ending normally (no more jobs); a later `recv` fails if all ended with images left.
+            Ok(Msg::Exited(None)) => Ok(()),
+            Err(_) => Err(lost(self.next)),
+        }
     }
 }
 
@@ -148,13 +236,11 @@ impl Iterator for PatchStream {
                 return None;
             }
             let Some(done) = self.pending.remove(&self.next) else {
-                match self.results.recv() {
-                    Ok((i, r)) => {
-                        self.pending.insert(i, r);
-                        continue;
-                    }
-                    Err(_) => return None,
+                if let Err(e) = self.receive() {
+                    self.failed = true;
+                    return Some(Err(e));
                 }
+                continue;
             };
             let entry = &self.images[self.next];
             self.next += 1;
@@ -166,13 +252,13 @@ impl Iterator for PatchStream {
                     }
                     self.current = samples.into_iter();
                 }
-                Err(e) if self.strict => {
+                Err(e) if self.strict || !e.is_input_fault() => {
                     self.failed = true;
                     return Some(Err(e));
                 }
                 Err(e) => {
                     if let Ok(mut s) = self.skipped.lock() {
-                        s.push(Skipped { path: entry.hr.clone(), reason: e.to_string() });
+                        s.push(Skipped::new(&entry.hr, &e));
                     }
                 }
             }
@@ -181,25 +267,26 @@ impl Iterator for PatchStream {
 }
 
 /// Starts the pipeline: a feeder, `workers` decode/LR/patch threads, and the reordering iterator.
+/// The configuration is checked first (scale, patch, stride, variants).
 pub fn stream(cfg: &IngestConfig) -> Result<PatchStream> {
-    let mut report = scan(&cfg.scan)?;
+    cfg.validate()?;
+    stream_from(cfg, scan(&cfg.scan)?)
+}
+
+/// [`stream`] over a scan already made of `cfg.scan` (e.g. one whose inputs were just fingerprinted). With
+/// `cfg.part`, only that part of the scan's images is streamed.
+pub fn stream_from(cfg: &IngestConfig, mut report: ScanReport) -> Result<PatchStream> {
+    cfg.validate()?;
     if let Some(part) = cfg.part {
         let range = crate::partition::select(&report.images, part);
         report.images = report.images[range].to_vec();
     }
     if cfg.strict {
-        if let Some(u) = report.unpaired.first() {
-            return Err(IngestError::Unpaired {
-                path: u.path.clone(),
-                lr_dir: cfg.scan.lr_dir.clone().unwrap_or_default(),
-            });
+        if let Some(s) = report.skipped.first() {
+            return Err(s.to_error());
         }
     }
-    let variants: Vec<Variant> = if cfg.variants.is_empty() {
-        vec![Variant::clean()]
-    } else {
-        cfg.variants.iter().map(|v| Variant::parse(v)).collect::<Result<_>>()?
-    };
+    let variants = cfg.parsed_variants()?;
     let workers = if cfg.workers == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
     } else {
@@ -211,9 +298,11 @@ pub fn stream(cfg: &IngestConfig) -> Result<PatchStream> {
         let _ = token_tx.try_send(());
     }
     let (job_tx, job_rx) = bounded::<usize>(workers);
-    let (res_tx, res_rx) = unbounded::<Done>();
+    let (res_tx, res_rx) = unbounded::<Msg>();
     let images = Arc::new(report.images.clone());
     let n = images.len();
+    let fault = fault_stem();
+    let spawn_err = |e: std::io::Error| IngestError::Config { what: format!("cannot start ingest thread: {e}") };
     std::thread::Builder::new()
         .name("ingest-feed".into())
         .spawn(move || {
@@ -224,20 +313,25 @@ pub fn stream(cfg: &IngestConfig) -> Result<PatchStream> {
                 }
             }
         })
-        .map_err(|e| IngestError::Config { what: format!("cannot start ingest thread: {e}") })?;
+        .map_err(spawn_err)?;
     for w in 0..workers {
         let (job_rx, res_tx, images) = (job_rx.clone(), res_tx.clone(), images.clone());
-        let (cfg, variants) = (cfg.clone(), variants.clone());
+        let (cfg, variants, fault) = (cfg.clone(), variants.clone(), fault.clone());
         std::thread::Builder::new()
             .name(format!("ingest-{w}"))
             .spawn(move || {
+                let mut notice = ExitNotice { tx: res_tx.clone(), current: None };
                 for i in job_rx {
-                    if res_tx.send((i, process(&images[i], &cfg, &variants))).is_err() {
+                    notice.current = Some(i);
+                    let entry = &images[i];
+                    let r = guarded(&entry.hr, &entry.stem, fault.as_deref(), || process(entry, &cfg, &variants));
+                    notice.current = None;
+                    if res_tx.send(Msg::Done(i, r)).is_err() {
                         return;
                     }
                 }
             })
-            .map_err(|e| IngestError::Config { what: format!("cannot start ingest thread: {e}") })?;
+            .map_err(spawn_err)?;
     }
     Ok(PatchStream {
         images: report.images,
@@ -248,13 +342,23 @@ pub fn stream(cfg: &IngestConfig) -> Result<PatchStream> {
         next: 0,
         strict: cfg.strict,
         failed: false,
-        skipped: Arc::new(Mutex::new(report.unpaired)),
-        warnings: Vec::new(),
+        skipped: Arc::new(Mutex::new(report.skipped)),
+        warnings: report.notes,
     })
 }
 
+/// `0001.png` -> `0001x4.png`, keeping a stem that is not UTF-8 as it is.
+fn lr_file_name(hr: &Path, scale: u32) -> std::ffi::OsString {
+    let mut name = hr.file_stem().map(|s| s.to_os_string()).unwrap_or_default();
+    name.push(format!("x{scale}.png"));
+    name
+}
+
 /// Writes the LR folder for an HR folder as the field's MATLAB script does: mod-crop, `imresize(1/s)`,
-/// DIV2K naming (`0001.png` → `0001x4.png`), PNG. Returns (written, skipped). `on_done` is called per image.
+/// DIV2K naming (`0001.png` → `0001x4.png`), PNG, each file written atomically. Returns (written, skipped).
+/// `on_done` is called per image. Bad input files (and same-stem files, whose LR names would collide) are
+/// skipped, or fail a strict run; a failed write or a panic fails the run in every mode, and so does a run
+/// that writes nothing.
 pub fn write_lr_folder(
     hr_dir: &Path,
     scale: u32,
@@ -262,36 +366,125 @@ pub fn write_lr_folder(
     strict: bool,
     on_done: &(dyn Fn() + Sync),
 ) -> Result<(usize, Vec<Skipped>)> {
-    let files = crate::scan::list_images(hr_dir)?;
-    if files.is_empty() {
+    check_scale(scale)?;
+    let listing = list_dir(hr_dir)?;
+    if listing.files.is_empty() {
         return Err(IngestError::NoImages { path: hr_dir.to_path_buf() });
     }
-    std::fs::create_dir_all(out).map_err(|e| IngestError::Write { path: out.to_path_buf(), reason: e.to_string() })?;
-    let results: Vec<(PathBuf, Result<()>)> = files
+    let (files, dups) = unique_stems(listing.files);
+    let mut skipped = listing.skipped;
+    skipped.extend(dups);
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    if strict {
+        if let Some(s) = skipped.first() {
+            return Err(s.to_error());
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| IngestError::write(out, e))?;
+    let fault = fault_stem();
+    // Set by the first error that ends the run, so the other workers stop taking new files.
+    let stop = AtomicBool::new(false);
+    let results: Vec<(PathBuf, Option<Result<()>>)> = files
         .par_iter()
-        .map(|f| {
-            let r = (|| {
+        .map(|(stem, f)| {
+            if stop.load(Ordering::Relaxed) {
+                return (f.clone(), None);
+            }
+            let r = guarded(f, stem, fault.as_deref(), || {
                 let (hr, _) = decode_rgb8(f)?;
-                let (_, lr) = bicubic_lr(&hr, scale);
-                let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                let dst = out.join(format!("{stem}x{scale}.png"));
-                let tmp = out.join(format!(".{stem}x{scale}.png.tmp"));
-                lr.save_with_format(&tmp, image::ImageFormat::Png)
-                    .and_then(|_| std::fs::rename(&tmp, &dst).map_err(image::ImageError::IoError))
-                    .map_err(|e| IngestError::Write { path: dst.clone(), reason: e.to_string() })
-            })();
+                let (_, lr) = try_bicubic_lr(&hr, scale).map_err(|SmallerThanScale(width, height)| IngestError::SmallerThanScale {
+                    path: f.clone(),
+                    width,
+                    height,
+                    scale,
+                })?;
+                crate::write_png(&out.join(lr_file_name(f, scale)), &lr)
+            });
+            if r.as_ref().is_err_and(|e| strict || !e.is_input_fault()) {
+                stop.store(true, Ordering::Relaxed);
+            }
             on_done();
-            (f.clone(), r)
+            (f.clone(), Some(r))
         })
         .collect();
-    let mut skipped = Vec::new();
     let mut written = 0;
     for (path, r) in results {
         match r {
-            Ok(()) => written += 1,
-            Err(e) if strict => return Err(e),
-            Err(e) => skipped.push(Skipped { path, reason: e.to_string() }),
+            None => {}
+            Some(Ok(())) => written += 1,
+            Some(Err(e)) if strict || !e.is_input_fault() => return Err(e),
+            Some(Err(e)) => skipped.push(Skipped::new(&path, &e)),
         }
     }
+    if written == 0 {
+        return Err(IngestError::NoSamples { path: out.to_path_buf(), summary: summarise_skipped(files.len(), &skipped) });
+    }
     Ok((written, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream over two (never read) images whose workers are played by the test through `tx`.
+    fn played(strict: bool) -> (PatchStream, Sender<Msg>) {
+        let images = ["a", "b"].map(|s| ImageEntry { stem: s.into(), hr: PathBuf::from(format!("/in/{s}.png")), lr: None }).to_vec();
+        let (tx, rx) = unbounded();
+        let (tokens, _) = bounded(4);
+        let s = PatchStream {
+            images,
+            results: rx,
+            tokens,
+            pending: BTreeMap::new(),
+            current: Vec::new().into_iter(),
+            next: 0,
+            strict,
+            failed: false,
+            skipped: Arc::new(Mutex::new(Vec::new())),
+            warnings: Vec::new(),
+        };
+        (s, tx)
+    }
+
+    fn only_error(s: PatchStream) -> String {
+        let items: Vec<_> = s.collect();
+        assert_eq!(items.len(), 1, "one error, then the end");
+        items.into_iter().next().and_then(|r| r.err()).map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn workers_gone_with_images_left_is_an_error_not_an_end() {
+        // Every sender dropped before image 0 was reported: not an empty dataset, an error naming it.
+        let (s, tx) = played(false);
+        drop(tx);
+        assert_eq!(only_error(s), "/in/a.png: the ingest workers stopped before this image was processed");
+
+        // A worker ended while working on image 1 (past its panic guard) while others live on: no wait forever.
+        let (s, tx) = played(false);
+        tx.send(Msg::Done(0, Ok((Vec::new(), false)))).expect("send");
+        tx.send(Msg::Exited(Some(1))).expect("send");
+        assert_eq!(only_error(s), "/in/b.png: the ingest workers stopped before this image was processed");
+    }
+
+    #[test]
+    fn input_faults_skip_unless_strict_and_other_errors_always_end() {
+        let bad = |i: usize| Msg::Done(i, Err(IngestError::NotAFile { path: PathBuf::from("/in/a.png") }));
+        let panic = Msg::Done(1, Err(IngestError::Panic { path: PathBuf::from("/in/b.png"), what: "boom".into() }));
+
+        let (mut s, tx) = played(false);
+        tx.send(bad(0)).expect("send");
+        tx.send(Msg::Done(1, Ok((Vec::new(), false)))).expect("send");
+        drop(tx);
+        assert!(s.next().is_none(), "both images done: the end");
+        assert_eq!(s.skipped().len(), 1);
+
+        let (s, tx) = played(true);
+        tx.send(bad(0)).expect("send");
+        assert!(only_error(s).contains("not a regular file"));
+
+        // A panic on image 1 is reported at once, before image 0 is in.
+        let (s, tx) = played(false);
+        tx.send(panic).expect("send");
+        assert!(only_error(s).contains("panicked on this image: boom"));
+    }
 }

@@ -28,13 +28,13 @@ pub struct LrArgs {
     /// HR image folder (searched recursively).
     #[arg(long)]
     pub hr: PathBuf,
-    /// Downscaling factor: each HR image is cropped to a multiple of it, then resized by 1/scale.
+    /// Downscaling factor (1..=8): each HR image is cropped to a multiple of it, then resized by 1/scale.
     #[arg(long, default_value_t = 4)]
     pub scale: u32,
     /// Output folder for the LR PNGs (DIV2K names: 0001.png -> 0001x4.png).
     #[arg(long)]
     pub out: PathBuf,
-    /// Fail on the first bad file instead of skipping it.
+    /// Fail on the first bad input file instead of skipping it (a failed write fails the run either way).
     #[arg(long)]
     pub strict: bool,
 }
@@ -46,11 +46,13 @@ pub struct PatchesArgs {
     /// Existing LR folder (DIV2K `0001x4.png` or same names); generated with MATLAB bicubic when absent.
     #[arg(long)]
     pub lr: Option<PathBuf>,
+    /// Super-resolution scale (1..=8).
     #[arg(long, default_value_t = 4)]
     pub scale: u32,
-    /// Patch size in LR pixels.
+    /// Patch size in LR pixels (at least 1).
     #[arg(long, default_value_t = 64)]
     pub patch: u32,
+    /// Distance between patch origins in LR pixels (at least 1).
     #[arg(long, default_value_t = 48)]
     pub stride: u32,
     /// Skip patches whose LR luma variance is below this.
@@ -71,12 +73,19 @@ pub struct PatchesArgs {
     /// zstd level (1 is fast; 3 saves a few percent more for about 3x the CPU; negative = faster still).
     #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     pub zstd_level: i32,
+    /// Shard size target in MiB (at least 1).
     #[arg(long, default_value_t = 2048)]
     pub shard_mib: u64,
+    /// Output dataset directory: new or empty, or the same ingest to resume (its ingest.json must match).
     #[arg(long)]
     pub out: PathBuf,
+    /// Fail on the first bad input file instead of skipping it (a failed write fails the run either way).
     #[arg(long)]
     pub strict: bool,
+    /// Start over when --out holds a different ingest: delete its srcache files (shards, manifest, ingest.json,
+    /// temporary files) first. A directory with any other file is refused even so.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -101,12 +110,13 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 fn run_lr(a: LrArgs) -> Result<()> {
+    srcache_ingest::scan::check_scale(a.scale)?;
     let n = srcache_ingest::scan::list_images(&a.hr)?.len() as u64;
     let pb = bar(n, "images");
     let tick = || pb.inc(1);
-    let (written, skipped) = srcache_ingest::write_lr_folder(&a.hr, a.scale, &a.out, a.strict, &tick)
-        .with_context(|| format!("writing LR x{} of {}", a.scale, a.hr.display()))?;
-    pb.finish();
+    let result = srcache_ingest::write_lr_folder(&a.hr, a.scale, &a.out, a.strict, &tick);
+    pb.finish_and_clear();
+    let (written, skipped) = result.with_context(|| format!("writing LR x{} of {}", a.scale, a.hr.display()))?;
     println!("wrote {written} LR images (x{}) to {}", a.scale, a.out.display());
     report_skipped(&skipped);
     Ok(())
@@ -116,13 +126,7 @@ fn report_skipped(skipped: &[srcache_ingest::Skipped]) {
     if !skipped.is_empty() {
         eprintln!("skipped {} file(s):", skipped.len());
         for s in skipped {
-            // Reasons usually name the file already.
-            let path = s.path.display().to_string();
-            if s.reason.contains(&path) {
-                eprintln!("  {}", s.reason)
-            } else {
-                eprintln!("  {path}: {}", s.reason)
-            }
+            eprintln!("  {}", s.to_error());
         }
     }
 }
@@ -142,15 +146,18 @@ pub fn run_patches(a: PatchesArgs) -> Result<(u64, usize)> {
         PatchCodec::Raw => Codec::Raw,
         PatchCodec::Zstd => Codec::Zstd { level: a.zstd_level },
     };
-    let opts = PatchShardOptions { codec, target_shard_bytes: a.shard_mib << 20 };
+    if a.shard_mib == 0 || a.shard_mib > 1 << 30 {
+        anyhow::bail!("--shard-mib {} is outside 1..={}", a.shard_mib, 1u64 << 30);
+    }
+    let opts = PatchShardOptions { codec, target_shard_bytes: a.shard_mib << 20, force: a.force };
     let pb = bar(0, "images");
     let progress = |done: usize, total: usize| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
     };
-    let s = srcache_ingest::write_patch_dataset(&cfg, &a.out, &opts, &progress)
-        .with_context(|| format!("ingesting {} into {}", a.hr.display(), a.out.display()))?;
-    pb.finish();
+    let result = srcache_ingest::write_patch_dataset(&cfg, &a.out, &opts, &progress);
+    pb.finish_and_clear();
+    let s = result.with_context(|| format!("ingesting {} into {}", a.hr.display(), a.out.display()))?;
     let d = &s.dataset;
     println!(
         "{} samples ({} new) from {} images in {} shard(s), {:.1} MiB ({:.2}x compression, {codec}) -> {}",

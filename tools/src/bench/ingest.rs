@@ -126,6 +126,7 @@ fn ingest_args(a: &BenchIngestArgs, hr: &std::path::Path, lr: Option<PathBuf>, o
         shard_mib: 2048,
         out,
         strict: true,
+        force: false,
     }
 }
 
