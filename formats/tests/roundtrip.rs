@@ -500,6 +500,76 @@ fn affine_u8_zstd_decodes_exactly_like_affine_u8() {
     assert!(encode(&spec, &raw).unwrap_err().to_string().contains("non-finite"));
 }
 
+// ---- PCA basis -----------------------------------------------------------------------------------------
+
+/// A k-component basis of C channels: the first k rows of a Householder reflection (orthonormal).
+fn test_basis(c: usize, k: usize) -> PcaBasis {
+    let v: Vec<f64> = (0..c).map(|i| ((i * 5 + 1) as f64).sin()).collect();
+    let n2: f64 = v.iter().map(|x| x * x).sum();
+    let mut comps = Vec::with_capacity(k * c);
+    for i in 0..k {
+        for j in 0..c {
+            let id = if i == j { 1.0 } else { 0.0 };
+            comps.push((id - 2.0 * v[i] * v[j] / n2) as f32);
+        }
+    }
+    let mean = (0..c).map(|i| i as f32 * 0.01 - 0.1).collect();
+    let evr = (0..k).map(|i| 0.5f32.powi(i as i32 + 1)).collect();
+    PcaBasis::new(mean, comps, evr, BTreeMap::from([("samples".into(), "1000".into()), ("seed".into(), "7".into())])).unwrap()
+}
+
+fn pca_schema(basis: &PcaBasis) -> Schema {
+    let mut schema = residual_schema(8, 2, Codec::Raw, Codec::ZSTD);
+    schema.tensors.push(TensorSpec::new("feat/a", DType::F16, &[basis.k, 8, 8], Codec::SHUFFLE_ZSTD));
+    schema.set_pca("a", basis).unwrap();
+    schema
+}
+
+#[test]
+fn pca_basis_lives_in_the_schema_and_is_part_of_its_identity() {
+    let basis = test_basis(16, 4);
+    let schema = pca_schema(&basis);
+    assert_eq!(attr::feat_pca("a"), "feat/a/pca");
+    assert_eq!(schema.pca("a").unwrap().unwrap(), basis);
+    assert!(schema.pca("b").is_none());
+    schema.check_sr_layout().unwrap();
+    // Features from a real photo: project to k coefficients, store f16, read back, reconstruct.
+    let feats = photo_features(16, 8, 0);
+    let coeffs = basis.project(&feats, 8, 8).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = DatasetWriter::create_or_resume(d.path(), schema.clone(), DatasetOptions::default()).unwrap();
+    let lr = vec![9u8; 3 * 64];
+    let hr = vec![9u8; 3 * 256];
+    w.write(&meta(0), &[&lr, &hr, &hr, &f16_bytes(&coeffs)]).unwrap();
+    w.finish().unwrap();
+    let ds = Dataset::open(d.path()).unwrap();
+    let got = ds.schema().unwrap().pca("a").unwrap().unwrap();
+    assert_eq!(got, basis);
+    let (sh, i) = ds.sample(0).unwrap();
+    let rec = got.reconstruct(&sh.tensor(i, "feat/a").unwrap().to_f32().unwrap(), 8, 8).unwrap();
+    assert_eq!(rec.len(), 16 * 64);
+    // Resume refuses another basis: it is part of the schema.
+    let mut other = basis.clone();
+    other.fit.insert("seed".into(), "8".into());
+    let e = DatasetWriter::create_or_resume(d.path(), pca_schema(&other), DatasetOptions::default()).err().unwrap();
+    assert!(matches!(e, FormatError::SchemaMismatch { .. }), "{e}");
+    // Layout checks: the coefficient tensor must have k channels and a float dtype, and exist.
+    let mut s = schema.clone();
+    s.tensors[3].shape = vec![16, 8, 8];
+    assert!(s.check_sr_layout().unwrap_err().contains("k = 4"));
+    let mut s = schema.clone();
+    s.tensors[3].dtype = DType::U8;
+    s.tensors[3].codec = Codec::ZSTD;
+    assert!(s.check_sr_layout().unwrap_err().contains("not a float"));
+    let mut s = schema.clone();
+    s.tensors.pop();
+    assert!(s.check_sr_layout().unwrap_err().contains("no tensor feat/a"));
+    let mut s = schema.clone();
+    s.attrs.insert(attr::feat_pca("a"), "{\"channels\": 3}".into());
+    assert!(s.check_sr_layout().unwrap_err().contains("feat/a/pca"));
+    assert!(s.pca("a").unwrap().is_err());
+}
+
 // ---- speed ---------------------------------------------------------------------------------------------
 
 fn mbps(bytes: usize, secs: f64) -> f64 {
