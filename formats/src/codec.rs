@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::{Codec, CodecError, DType, FormatError, Result, TensorSpec};
+use crate::{residual, Codec, CodecError, DType, FormatError, Result, TensorSpec};
 
 /// A tensor payload ready to be appended to a shard: encoding is CPU-heavy, so callers do it on worker
 /// threads and hand the result to the (single) writer.
@@ -19,18 +19,33 @@ pub struct EncodedTensor {
 }
 
 /// Encodes `raw` (little-endian values of `spec.dtype`, `numel * size_of` bytes) with `spec.codec`.
+/// A [`Codec::ResidualU8`] tensor needs its base: use [`encode_with_base`] (this returns an error for it).
 pub fn encode(spec: &TensorSpec, raw: &[u8]) -> Result<EncodedTensor> {
-    encode_impl(spec, raw, None)
+    encode_impl(spec, raw, None, None)
 }
 
 /// [`encode`] taking ownership of the buffer: the Raw codec then stores it as is instead of copying it
 /// (the ingest-only path writes ~16 MB of patches per 2K image, where every copy shows).
 pub fn encode_owned(spec: &TensorSpec, raw: Vec<u8>) -> Result<EncodedTensor> {
-    encode_impl(spec, &[], Some(raw))
+    encode_impl(spec, &[], Some(raw), None)
+}
+
+/// [`encode`] for any codec, given the sample's `lr` (u8 [3, h, w] CHW bytes, exactly as stored in the same
+/// sample) as `base_lr`: required by [`Codec::ResidualU8`] (stored as `sr − B(lr)`, see
+/// [`crate::residual::bicubic_u8`]), ignored by the other codecs. `h`, `w` and the scale follow from the
+/// base's length and the spec's shape [3, s·h, s·w]; a base that fits no whole scale is an error.
+pub fn encode_with_base(spec: &TensorSpec, raw: &[u8], base_lr: Option<&[u8]>) -> Result<EncodedTensor> {
+    encode_impl(spec, raw, None, base_lr)
+}
+
+/// Encodes one sample's tensors (`raw` in schema order), passing `lr` to the residual ones.
+pub(crate) fn encode_sample(schema: &crate::Schema, raw: &[&[u8]]) -> Result<Vec<EncodedTensor>> {
+    let lr = schema.index_of("lr").and_then(|k| raw.get(k).copied());
+    schema.tensors.iter().zip(raw).map(|(s, r)| encode_with_base(s, r, lr)).collect()
 }
 
 /// `owned`, when given, is the input (and `raw` is ignored).
-fn encode_impl(spec: &TensorSpec, raw: &[u8], owned: Option<Vec<u8>>) -> Result<EncodedTensor> {
+fn encode_impl(spec: &TensorSpec, raw: &[u8], owned: Option<Vec<u8>>, base_lr: Option<&[u8]>) -> Result<EncodedTensor> {
     let err = |what: String| FormatError::Encode { tensor: spec.name.clone(), what };
     let raw: &[u8] = owned.as_deref().unwrap_or(raw);
     let want = spec.raw_len().ok_or_else(|| err(format!("shape {:?} overflows", spec.shape)))?;
@@ -54,24 +69,61 @@ fn encode_impl(spec: &TensorSpec, raw: &[u8], owned: Option<Vec<u8>>) -> Result<
             }
         }
         Codec::AffineU8 => affine_encode(spec, raw).map_err(err)?,
+        Codec::AffineU8Zstd { level } => zstd_compress(&affine_encode(spec, raw).map_err(err)?, level).map_err(err)?,
+        Codec::ResidualU8 { level } => {
+            let base = base_lr.ok_or_else(|| {
+                err("residual_u8 needs the same sample's lr as its base: use encode_with_base (DatasetWriter::write and ShardWriter::write pass it)".into())
+            })?;
+            let (h, w, s) = residual_geometry(spec, base).map_err(|e| err(e.to_string()))?;
+            let mut diff = vec![0u8; raw.len()];
+            residual::subtract_base(raw, base, h, w, s, &mut diff);
+            zstd_compress(&diff, level).map_err(err)?
+        }
     };
     let checksum = xxh3_64(&bytes);
     Ok(EncodedTensor { bytes, raw_len: want as u64, checksum })
 }
 
-/// Stored payload length the codec must produce, when it is fixed (Raw, AffineU8); None for zstd.
+/// Stored payload length the codec must produce, when it is fixed (Raw, AffineU8); None for the zstd codecs.
 pub(crate) fn fixed_stored_len(spec: &TensorSpec) -> Option<u64> {
     let raw = spec.raw_len()? as u64;
     match spec.codec {
         Codec::Raw => Some(raw),
-        Codec::AffineU8 => Some(8 * spec.channels() as u64 + spec.numel() as u64),
+        Codec::AffineU8 => affine_len(spec),
         _ => None,
     }
 }
 
+/// Length of an AffineU8 payload: C × 8 bytes of (scale, offset), then numel u8.
+fn affine_len(spec: &TensorSpec) -> Option<u64> {
+    (spec.channels() as u64).checked_mul(8)?.checked_add(spec.numel() as u64)
+}
+
+/// What the zstd frame of a zstd-based codec decompresses to, in bytes (None for Raw/AffineU8, or on overflow):
+/// the logical bytes, except for AffineU8Zstd (the AffineU8 payload).
+pub(crate) fn zstd_content_len(spec: &TensorSpec) -> Option<u64> {
+    match spec.codec {
+        Codec::Raw | Codec::AffineU8 => None,
+        Codec::AffineU8Zstd { .. } => affine_len(spec),
+        Codec::Zstd { .. } | Codec::ShuffleZstd { .. } | Codec::ResidualU8 { .. } => spec.raw_len().map(|n| n as u64),
+    }
+}
+
+/// (h, w, s) of a residual tensor from its base's length.
+fn residual_geometry(spec: &TensorSpec, base: &[u8]) -> std::result::Result<(usize, usize, usize), CodecError> {
+    residual::geometry(&spec.shape, base.len()).ok_or_else(|| CodecError::BaseSize { got: base.len(), shape: spec.shape.clone() })
+}
+
 /// Decodes a stored payload into `out` (exactly the logical length). The error is a bare description;
-/// the shard layer adds the path, sample and tensor.
+/// the shard layer adds the path, sample and tensor. [`Codec::ResidualU8`] needs its base: use
+/// [`decode_payload_with_base`] (this returns [`CodecError::NeedsBase`] for it).
 pub fn decode_payload(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), CodecError> {
+    decode_payload_with_base(spec, stored, None, out)
+}
+
+/// [`decode_payload`] for any codec, given the sample's decoded `lr` (u8 [3, h, w] CHW) as `base_lr`:
+/// required by [`Codec::ResidualU8`], ignored by the other codecs.
+pub fn decode_payload_with_base(spec: &TensorSpec, stored: &[u8], base_lr: Option<&[u8]>, out: &mut [u8]) -> std::result::Result<(), CodecError> {
     if Some(out.len()) != spec.raw_len() {
         return Err(CodecError::OutputSize { got: out.len(), want: spec.raw_len().unwrap_or(0) });
     }
@@ -99,12 +151,46 @@ pub fn decode_payload(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::
             })
         }
         Codec::AffineU8 => affine_decode(spec, stored, out),
+        Codec::AffineU8Zstd { .. } => {
+            let want = affine_len(spec).and_then(|n| usize::try_from(n).ok()).ok_or(CodecError::OutputSize { got: out.len(), want: 0 })?;
+            AFFINE_SCRATCH.with(|s| {
+                // A nested decode on this thread (none exists) would get a fresh buffer instead of a panic.
+                let mut fresh = Vec::new();
+                let mut guard = s.try_borrow_mut().ok();
+                let payload = guard.as_deref_mut().unwrap_or(&mut fresh);
+                payload.clear();
+                payload.try_reserve_exact(want).map_err(|_| CodecError::Alloc { bytes: want })?;
+                payload.resize(want, 0);
+                zstd_decompress(stored, payload)?;
+                affine_decode(spec, payload, out)
+            })
+        }
+        Codec::ResidualU8 { .. } => {
+            let base = base_lr.ok_or(CodecError::NeedsBase)?;
+            let (h, w, s) = residual_geometry(spec, base)?;
+            zstd_decompress(stored, out)?;
+            residual::add_base(out, base, h, w, s);
+            Ok(())
+        }
     }
+}
+
+/// Per-channel (scale, offset) of an AffineU8Zstd payload: only the head of the frame is decompressed.
+pub(crate) fn affine_zstd_params(spec: &TensorSpec, stored: &[u8]) -> Option<Vec<(f32, f32)>> {
+    use std::io::Read;
+    let n = spec.channels().checked_mul(8)?;
+    let mut head = Vec::new();
+    head.try_reserve_exact(n).ok()?;
+    head.resize(n, 0);
+    let mut dec = zstd::stream::read::Decoder::with_buffer(stored).ok()?;
+    dec.read_exact(&mut head).ok()?;
+    affine_params(spec, &head)
 }
 
 thread_local! {
     // Reused per thread: decode is the hot path of training and must not allocate per tensor.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static AFFINE_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
@@ -242,7 +328,7 @@ pub(crate) fn affine_params(spec: &TensorSpec, stored: &[u8]) -> Option<Vec<(f32
 fn affine_decode(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), CodecError> {
     let c = spec.channels();
     let numel = spec.numel();
-    if stored.len() != 8 * c + numel {
+    if Some(stored.len() as u64) != affine_len(spec) {
         return Err(CodecError::AffineSize { got: stored.len(), want: 8 * c + numel });
     }
     let params = affine_params(spec, stored).ok_or(CodecError::AffineSize { got: stored.len(), want: 8 * c + numel })?;

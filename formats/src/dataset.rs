@@ -302,14 +302,14 @@ impl DatasetWriter {
         Ok(())
     }
 
-    /// Encodes and writes one sample (raw buffers in schema order).
+    /// Encodes and writes one sample (raw buffers in schema order; residual tensors get the sample's `lr`).
     pub fn write(&mut self, meta: &SampleMeta, raw: &[&[u8]]) -> Result<()> {
         if raw.len() != self.schema.tensors.len() {
             return Err(FormatError::InvalidInput {
                 what: format!("sample {:?}: {} tensors given, schema has {}", meta.id, raw.len(), self.schema.tensors.len()),
             });
         }
-        let enc = self.schema.tensors.iter().zip(raw).map(|(s, r)| crate::encode(s, r)).collect::<Result<Vec<_>>>()?;
+        let enc = crate::codec::encode_sample(&self.schema, raw)?;
         self.write_encoded(meta, enc)
     }
 

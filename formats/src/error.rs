@@ -101,6 +101,14 @@ pub enum CodecError {
     AffineSize { got: usize, want: usize },
     #[error("affine_u8 on integer dtype {dtype}")]
     AffineDtype { dtype: crate::DType },
+    #[error("cannot allocate {bytes} bytes")]
+    Alloc { bytes: usize },
+    #[error("residual_u8 needs the same sample's decoded lr as its base (decode it through the Shard, or call decode_payload_with_base)")]
+    NeedsBase,
+    #[error("residual_u8 base is {got} bytes: not an lr [3, h, w] that a whole scale s maps to {shape:?} = [3, s·h, s·w]")]
+    BaseSize { got: usize, shape: Vec<usize> },
+    #[error("its base lr is unreadable: {what}")]
+    BaseUnreadable { what: String },
 }
 
 /// An error and its causes on one line ("a: b: c"), for messages that are stored or listed rather than

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::{FormatError, Schema};
+use crate::{FormatError, PcaBasis, Schema};
 
 /// A tensor of an SR sample.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,10 +82,22 @@ pub mod attr {
     /// Comma-separated expert names, in cache-config order ("" for an ingest-only dataset).
     pub const EXPERTS: &str = "experts";
     const EXPERT_PREFIX: &str = "expert/";
+    const PCA_SUFFIX: &str = "/pca";
 
     /// `expert/<name>`: the expert's source (`builtin:NAME` or a TorchScript path).
     pub fn expert_source(name: &str) -> String {
         format!("{EXPERT_PREFIX}{name}")
+    }
+
+    /// `feat/<expert>/pca`: the expert's [`crate::PcaBasis`] as JSON, when its features are stored as PCA
+    /// coefficients.
+    pub fn feat_pca(expert: &str) -> String {
+        format!("{}{expert}{PCA_SUFFIX}", crate::TensorName::FEAT_PREFIX)
+    }
+
+    /// The expert of a `feat/<expert>/pca` key.
+    pub fn pca_expert(key: &str) -> Option<&str> {
+        key.strip_prefix(crate::TensorName::FEAT_PREFIX)?.strip_suffix(PCA_SUFFIX).filter(|e| !e.is_empty() && !e.contains('/'))
     }
 }
 
@@ -112,6 +124,19 @@ impl Schema {
         self.attr(&attr::expert_source(name))
     }
 
+    /// The PCA basis of an expert's features (`feat/<expert>/pca` attr): None when its features are stored
+    /// as they are, an error when the attr does not parse or validate.
+    pub fn pca(&self, expert: &str) -> Option<crate::Result<PcaBasis>> {
+        self.attr(&attr::feat_pca(expert)).map(PcaBasis::from_json)
+    }
+
+    /// Stores (replaces) an expert's PCA basis in the attrs, validated first.
+    pub fn set_pca(&mut self, expert: &str, basis: &PcaBasis) -> crate::Result<()> {
+        basis.validate()?;
+        self.attrs.insert(attr::feat_pca(expert), basis.to_json());
+        Ok(())
+    }
+
     /// Position of a typed tensor.
     pub fn position(&self, name: &TensorName) -> Option<usize> {
         self.index_of(&name.to_string())
@@ -135,7 +160,25 @@ impl Schema {
     /// `sr/<e>` [3,s·p,s·p], every `feat/<e>` [C,h',w'] with the LR patch's aspect and whole pixels per LR
     /// pixel (or a whole fraction), and `scale`/`patch` attrs that agree with the shapes. A schema without
     /// both `lr` and `hr` is not an SR dataset and passes (generic shards are allowed by the container).
+    /// Every `feat/<e>/pca` attr must be a valid [`PcaBasis`] for an existing `feat/<e>` [k, h', w'] of a float
+    /// dtype, k being the basis' coefficient count — checked whether or not the schema is an SR one.
     pub fn check_sr_layout(&self) -> Result<(), String> {
+        for key in self.attrs.keys() {
+            let Some(e) = attr::pca_expert(key) else { continue };
+            let basis = match self.pca(e) {
+                Some(Ok(b)) => b,
+                Some(Err(why)) => return Err(format!("attr {key}: {why}")),
+                None => continue,
+            };
+            let name = TensorName::feat(e).to_string();
+            let t = self.tensors.iter().find(|t| t.name == name).ok_or_else(|| format!("attr {key} but the schema has no tensor {name}"))?;
+            if !t.dtype.is_float() {
+                return Err(format!("{name} holds PCA coefficients but has dtype {}, not a float", t.dtype));
+            }
+            if t.shape.len() != 3 || t.shape[0] != basis.k {
+                return Err(format!("{name} has shape {:?} but its PCA basis has k = {} coefficient channels ([k, h, w])", t.shape, basis.k));
+            }
+        }
         let Some(lr) = self.tensors.iter().find(|t| t.name == "lr") else { return Ok(()) };
         let [c, p, pw] = lr.shape[..] else { return Err(format!("lr has shape {:?}, expected [3, p, p]", lr.shape)) };
         if c != 3 || p != pw || p == 0 {

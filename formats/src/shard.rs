@@ -12,7 +12,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::atomic::{sync_dir, tmp_path};
 use crate::codec::{self, EncodedTensor};
-use crate::{Codec, FormatError, Problem, Result, SampleMeta, Schema, TensorSpec};
+use crate::{Codec, CodecError, FormatError, Problem, ResidualBase, Result, SampleMeta, Schema, TensorSpec};
 
 /// PNG-style magic: a non-ASCII first byte and CR/LF/^Z catch text-mode and 7-bit transfer damage.
 pub const MAGIC: [u8; 8] = *b"\x89SRS\r\n\x1a\n";
@@ -123,13 +123,14 @@ impl ShardWriter {
     }
 
     /// Encodes `raw` (one little-endian buffer per schema tensor, in schema order) and appends the sample.
+    /// Residual tensors get the sample's `lr` buffer as their base.
     pub fn write(&mut self, meta: &SampleMeta, raw: &[&[u8]]) -> Result<()> {
         if raw.len() != self.schema.tensors.len() {
             return Err(FormatError::InvalidInput {
                 what: format!("sample {:?}: {} tensors given, schema has {}", meta.id, raw.len(), self.schema.tensors.len()),
             });
         }
-        let enc = self.schema.tensors.iter().zip(raw).map(|(s, r)| codec::encode(s, r)).collect::<Result<Vec<_>>>()?;
+        let enc = codec::encode_sample(&self.schema, raw)?;
         self.write_encoded(meta, enc)
     }
 
@@ -210,6 +211,11 @@ impl ShardWriter {
     }
 }
 
+thread_local! {
+    // The decoded lr of a residual tensor whose lr is not stored raw, reused per thread (training hot path).
+    static LR_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// 64-byte aligned owned storage, so `from_bytes` shards give aligned zero-copy views like mmapped ones.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
@@ -255,6 +261,8 @@ pub struct Shard {
     metas: Vec<SampleMeta>,
     /// One bit per entry: checksum already verified.
     verified: Vec<AtomicU64>,
+    /// Per schema tensor: the base of a residual_u8 tensor.
+    bases: Vec<Option<ResidualBase>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -384,13 +392,16 @@ impl Shard {
                 if f != e.len {
                     return Err(bad(format!("{} payload is {} bytes, expected {f}", spec.codec, e.len)));
                 }
-            } else if e.raw_len > codec::zstd_max_expansion(e.len) {
-                return Err(bad(format!("claims {} bytes from a {}-byte {} payload: more than zstd can expand", e.raw_len, e.len, spec.codec)));
+            } else if codec::zstd_content_len(spec).is_none_or(|n| n > codec::zstd_max_expansion(e.len)) {
+                let n = codec::zstd_content_len(spec).map_or("too many".into(), |n| n.to_string());
+                return Err(bad(format!("claims {n} bytes from a {}-byte {} payload: more than zstd can expand", e.len, spec.codec)));
             }
             entries.push(e);
         }
         let verified = (0..entries.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
-        Ok(Shard { path, data, schema, entries, metas, verified })
+        // validate() has checked every residual tensor's base.
+        let bases = (0..schema.tensors.len()).map(|t| schema.tensors[t].codec.needs_base().then(|| schema.residual_base(t).ok()).flatten()).collect();
+        Ok(Shard { path, data, schema, entries, metas, verified, bases })
     }
 
     pub fn path(&self) -> &Path {
@@ -475,7 +486,7 @@ impl Shard {
             tensor: spec.name.clone(),
             what: "payload out of bounds".into(),
         })?;
-        Ok(TensorView { shard: self, sample: i, entry: i * n + t, spec, payload, checksum: e.checksum })
+        Ok(TensorView { shard: self, sample: i, entry: i * n + t, t, spec, payload, checksum: e.checksum })
     }
 
     /// Checks every payload checksum and that every payload decodes; one Problem per fault.
@@ -515,6 +526,8 @@ pub struct TensorView<'a> {
     sample: usize,
     /// Index into the shard's entries (for the verified bitmap).
     entry: usize,
+    /// Position in the schema.
+    t: usize,
     spec: &'a TensorSpec,
     payload: &'a [u8],
     checksum: u64,
@@ -568,7 +581,8 @@ impl<'a> TensorView<'a> {
         Ok(())
     }
 
-    /// Zero-copy bytes (64-byte aligned) iff the codec is Raw; checksum checked (once per payload).
+    /// Zero-copy bytes (64-byte aligned) iff the codec is Raw; checksum checked (once per payload). None for
+    /// every other codec, residual_u8 included.
     pub fn raw(&self) -> Result<Option<&'a [u8]>> {
         if self.spec.codec != Codec::Raw {
             return Ok(None);
@@ -577,32 +591,55 @@ impl<'a> TensorView<'a> {
         Ok(Some(self.payload))
     }
 
-    fn decode_unchecked(&self, out: &mut [u8]) -> Result<()> {
-        codec::decode_payload(self.spec, self.payload, out).map_err(|source| FormatError::Decode {
+    fn decode_error(&self, source: CodecError) -> FormatError {
+        FormatError::Decode {
             path: self.shard.path.clone(),
             sample: self.sample,
             tensor: self.spec.name.clone(),
             codec: self.spec.codec.to_string(),
             source,
+        }
+    }
+
+    /// Decodes this payload (its own checksum not checked here). A residual tensor first reads its base, the
+    /// same sample's `lr`, through the same `Shard` (checksum checked once, like any read).
+    fn decode_unchecked(&self, out: &mut [u8]) -> Result<()> {
+        let Some(base) = self.shard.bases.get(self.t).copied().flatten() else {
+            return codec::decode_payload(self.spec, self.payload, out).map_err(|e| self.decode_error(e));
+        };
+        let unreadable = |e: FormatError| self.decode_error(CodecError::BaseUnreadable { what: crate::error_chain(&e) });
+        let lr = self.shard.tensor_at(self.sample, base.lr).map_err(unreadable)?;
+        if let Some(bytes) = lr.raw().map_err(unreadable)? {
+            return codec::decode_payload_with_base(self.spec, self.payload, Some(bytes), out).map_err(|e| self.decode_error(e));
+        }
+        LR_SCRATCH.with(|sc| {
+            // lr is never residual itself (validate), so this cannot nest; a fresh buffer if it ever did.
+            let mut fresh = Vec::new();
+            let mut guard = sc.try_borrow_mut().ok();
+            let buf = guard.as_deref_mut().unwrap_or(&mut fresh);
+            buf.clear();
+            buf.try_reserve_exact(lr.raw_len()).map_err(|_| unreadable(lr.alloc_error()))?;
+            buf.resize(lr.raw_len(), 0);
+            lr.decode_into(buf).map_err(unreadable)?;
+            codec::decode_payload_with_base(self.spec, self.payload, Some(buf), out).map_err(|e| self.decode_error(e))
         })
+    }
+
+    fn alloc_error(&self) -> FormatError {
+        FormatError::Alloc { path: self.shard.path.clone(), sample: self.sample, tensor: self.spec.name.clone(), bytes: self.raw_len() as u64 }
     }
 
     /// A zeroed buffer of the logical length, or an error (never an abort) when it cannot be allocated.
     pub fn alloc_raw(&self) -> Result<Vec<u8>> {
         let n = self.raw_len();
         let mut out = Vec::new();
-        out.try_reserve_exact(n).map_err(|_| FormatError::Alloc {
-            path: self.shard.path.clone(),
-            sample: self.sample,
-            tensor: self.spec.name.clone(),
-            bytes: n as u64,
-        })?;
+        out.try_reserve_exact(n).map_err(|_| self.alloc_error())?;
         out.resize(n, 0);
         Ok(out)
     }
 
     /// Decodes into `out` (exactly `raw_len()` bytes, little-endian logical dtype); checksum checked first
-    /// (once per payload).
+    /// (once per payload). A residual_u8 tensor reads and checks the same sample's `lr` too.
     pub fn decode_into(&self, out: &mut [u8]) -> Result<()> {
         self.check_once()?;
         self.decode_unchecked(out)
@@ -624,12 +661,14 @@ impl<'a> TensorView<'a> {
         Ok(out)
     }
 
-    /// For AffineU8 tensors: the worst-case quantisation error over channels (max scale / 2), which
-    /// `inspect` reports; None for lossless codecs.
+    /// For AffineU8 / AffineU8Zstd tensors: the worst-case quantisation error over channels (max scale / 2),
+    /// which `inspect` reports; None for lossless codecs (and for a payload whose parameters do not read).
     pub fn affine_error_bound(&self) -> Option<f32> {
-        if self.spec.codec != Codec::AffineU8 {
-            return None;
-        }
-        codec::affine_params(self.spec, self.payload).map(|p| p.iter().fold(0.0f32, |m, &(s, _)| m.max(s / 2.0)))
+        let params = match self.spec.codec {
+            Codec::AffineU8 => codec::affine_params(self.spec, self.payload),
+            Codec::AffineU8Zstd { .. } => codec::affine_zstd_params(self.spec, self.payload),
+            _ => None,
+        };
+        params.map(|p| p.iter().fold(0.0f32, |m, &(s, _)| m.max(s / 2.0)))
     }
 }

@@ -186,3 +186,168 @@ fn valid_shard_bytes_cached() -> Vec<u8> {
     static CELL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     CELL.get_or_init(valid_shard_bytes).clone()
 }
+
+// ---- the compact codecs: residual_u8 (needs the sample's lr) and affine_u8_zstd --------------------------
+
+fn compact_schema() -> Schema {
+    Schema::new(vec![
+        TensorSpec::new("sr/x", DType::U8, &[3, 8, 8], Codec::RESIDUAL_U8),
+        TensorSpec::new("lr", DType::U8, &[3, 4, 4], Codec::ZSTD),
+        TensorSpec::new("feat/x", DType::F16, &[2, 4, 4], Codec::AFFINE_U8_ZSTD),
+    ])
+}
+
+fn compact_raws(i: u8) -> [Vec<u8>; 3] {
+    let sr: Vec<u8> = (0..192u32).map(|k| (k * 3 + i as u32 * 17) as u8).collect();
+    let lr: Vec<u8> = (0..48u32).map(|k| (k * 5 + i as u32) as u8).collect();
+    let feat: Vec<u8> = (0..32u32).flat_map(|k| half::f16::from_f32(k as f32 * 0.1 - i as f32).to_le_bytes()).collect();
+    [sr, lr, feat]
+}
+
+fn compact_shard_bytes() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.srs");
+    let mut w = ShardWriter::try_new(&p, compact_schema()).unwrap();
+    for i in 0..3u8 {
+        let [sr, lr, feat] = compact_raws(i);
+        w.write(&SampleMeta { id: format!("s{i}"), ..Default::default() }, &[&sr, &lr, &feat]).unwrap();
+    }
+    w.finish().unwrap();
+    std::fs::read(&p).unwrap()
+}
+
+/// A shard whose sample 1 has `bad` as its (checksum-valid) payload for tensor `t` of the compact schema.
+fn shard_with_payload(t: usize, bad: Vec<u8>) -> Result<Shard> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("crafted.srs");
+    let schema = compact_schema();
+    let mut w = ShardWriter::try_new(&p, schema.clone()).unwrap();
+    for i in 0..3u8 {
+        let [sr, lr, feat] = compact_raws(i);
+        let mut enc: Vec<EncodedTensor> =
+            schema.tensors.iter().zip([&sr, &lr, &feat]).map(|(s, r)| encode_with_base(s, r, Some(&lr)).unwrap()).collect();
+        if i == 1 {
+            enc[t] = EncodedTensor { checksum: xxhash_rust::xxh3::xxh3_64(&bad), bytes: bad.clone(), raw_len: enc[t].raw_len };
+        }
+        w.write_encoded(&SampleMeta { id: format!("s{i}"), ..Default::default() }, enc).unwrap();
+    }
+    w.finish().unwrap();
+    Shard::from_bytes("crafted.srs", std::fs::read(&p).unwrap())
+}
+
+#[test]
+fn crafted_compact_payloads_give_named_errors() {
+    let z = |b: &[u8]| zstd::bulk::compress(b, 1).unwrap();
+    let cases: Vec<(usize, Vec<u8>, &str)> = vec![
+        (0, z(&[7u8; 191]), "zstd"),
+        (0, z(&[7u8; 193]), "zstd"),
+        (0, b"not a zstd frame at all".to_vec(), "zstd"),
+        (2, z(&[1u8; 16 + 32 - 1]), "zstd"),
+        (2, z(&[1u8; 16 + 32 + 1]), "zstd"),
+        (2, z(&[]), "zstd"),
+        (2, vec![0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0], "zstd"),
+    ];
+    for (t, bad, want) in cases {
+        let s = shard_with_payload(t, bad).unwrap();
+        let name = &s.schema().tensors[t].name;
+        let e = s.tensor(1, name).unwrap().decode().unwrap_err().to_string();
+        assert!(e.contains("crafted.srs") && e.contains("sample 1") && e.contains(name.as_str()), "{e}");
+        assert!(error_chain(&s.tensor(1, name).unwrap().decode().unwrap_err()).contains(want), "{e}");
+        let problems = s.verify();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!((problems[0].sample, problems[0].tensor.as_deref()), (Some(1), Some(name.as_str())));
+        assert!(s.tensor(0, name).unwrap().decode().is_ok() && s.tensor(2, name).unwrap().decode().is_ok());
+    }
+    // An empty payload cannot be a zstd frame of anything: refused on open, naming the entry.
+    let e = shard_with_payload(0, Vec::new()).unwrap_err().to_string();
+    assert!(e.contains("sample 1, tensor \"sr/x\"") && e.contains("more than zstd can expand"), "{e}");
+    // Garbage parameters (NaN scale) still decode without a panic: integrity is the checksum's job.
+    let mut payload = vec![0xffu8; 16 + 32];
+    payload[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let s = shard_with_payload(2, z(&payload)).unwrap();
+    assert!(s.tensor(1, "feat/x").unwrap().to_f32().unwrap()[0].is_nan());
+    assert!(s.tensor(1, "feat/x").unwrap().affine_error_bound().is_some());
+}
+
+#[test]
+fn a_residual_whose_lr_is_damaged_names_both() {
+    let good = compact_shard_bytes();
+    let mut m = good.clone();
+    let n = m.len();
+    let index = u64::from_le_bytes(m[n - 64..n - 56].try_into().unwrap()) as usize;
+    let e = index + (3 + 1) * 32; // sample 1, tensor 1 (lr)
+    let off = u64::from_le_bytes(m[e..e + 8].try_into().unwrap()) as usize;
+    m[off + 2] ^= 0x10;
+    let s = Shard::from_bytes("lrflip.srs", m).unwrap();
+    let e = error_chain(&s.tensor(1, "sr/x").unwrap().decode().unwrap_err());
+    assert!(e.contains("tensor \"sr/x\"") && e.contains("base lr is unreadable") && e.contains("tensor \"lr\": payload checksum mismatch"), "{e}");
+    let problems = s.verify();
+    let named: Vec<(Option<usize>, Option<&str>)> = problems.iter().map(|p| (p.sample, p.tensor.as_deref())).collect();
+    assert_eq!(named, vec![(Some(1), Some("sr/x")), (Some(1), Some("lr"))], "{problems:?}");
+    assert!(s.tensor(0, "sr/x").unwrap().decode().is_ok());
+}
+
+#[test]
+fn compact_payloads_claiming_more_than_zstd_can_expand_are_refused_on_open() {
+    // affine_u8_zstd f32 [1, 4096, 4096]: its frame must hold 8 + 16 Mi bytes, so a 64-byte payload is a lie.
+    let schema = Schema::new(vec![TensorSpec::new("feat/x", DType::F32, &[1, 4096, 4096], Codec::AFFINE_U8_ZSTD)]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.srs");
+    let mut w = ShardWriter::try_new(&p, schema.clone()).unwrap();
+    let bytes = vec![0u8; 64];
+    let t = EncodedTensor { checksum: xxhash_rust::xxh3::xxh3_64(&bytes), bytes, raw_len: schema.tensors[0].raw_len().unwrap() as u64 };
+    w.write_encoded(&SampleMeta::default(), vec![t]).unwrap();
+    w.finish().unwrap();
+    let e = Shard::open(&p).unwrap_err().to_string();
+    assert!(e.contains("big.srs") && e.contains("feat/x") && e.contains("more than zstd can expand"), "{e}");
+    // A genuine, maximally compressible one is accepted (the bound is zstd's own).
+    let mut w = ShardWriter::try_new(&p, schema.clone()).unwrap();
+    w.write(&SampleMeta::default(), &[&vec![0u8; 4 << 24]]).unwrap();
+    w.finish().unwrap();
+    let s = Shard::open(&p).unwrap();
+    assert!(s.tensor(0, "feat/x").unwrap().stored().len() < 4096);
+    assert!(s.verify().is_empty());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_compact_shard_never_panics(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6), cut in any::<Option<usize>>()) {
+        static CELL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let mut b = CELL.get_or_init(compact_shard_bytes).clone();
+        for (pos, x) in flips {
+            let n = b.len();
+            b[pos % n] ^= x | 1;
+        }
+        if let Some(c) = cut {
+            let n = b.len();
+            b.truncate(c % n);
+        }
+        if let Ok(s) = Shard::from_bytes("mut.srs", b) {
+            let _ = s.verify();
+            for i in 0..s.len() {
+                for t in &s.schema().tensors {
+                    if let Ok(v) = s.tensor(i, &t.name) {
+                        let _ = v.to_f32();
+                        let _ = v.affine_error_bound();
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_payloads_for_compact_codecs_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), lr in proptest::collection::vec(any::<u8>(), 0..60)) {
+        let specs = compact_schema().tensors;
+        for spec in &specs {
+            let mut out = vec![0u8; spec.raw_len().unwrap()];
+            let _ = decode_payload(spec, &bytes, &mut out);
+            let _ = decode_payload_with_base(spec, &bytes, Some(&lr), &mut out);
+            // Valid frames of the wrong content, too.
+            let frame = zstd::bulk::compress(&bytes, 1).unwrap();
+            let _ = decode_payload_with_base(spec, &frame, Some(&lr), &mut out);
+            let _ = encode_with_base(spec, &bytes, Some(&lr));
+        }
+    }
+}

@@ -6,7 +6,8 @@
     from srcache.torch import SRCacheDataset  # needs torch (not a package dependency)
 """
 from .dataset import CacheDataset, open_dataset
-from .reader import Shard, ShardError, bf16_to_f32, manifest_metadata, read_manifest
+from .reader import PcaBasis, Shard, ShardError, bf16_to_f32, bicubic_u8, manifest_metadata, read_manifest
 
 __version__ = "0.1.0"
-__all__ = ["CacheDataset", "open_dataset", "Shard", "ShardError", "bf16_to_f32", "manifest_metadata", "read_manifest"]
+__all__ = ["CacheDataset", "open_dataset", "PcaBasis", "Shard", "ShardError", "bf16_to_f32", "bicubic_u8", "manifest_metadata",
+           "read_manifest"]

@@ -8,6 +8,7 @@ global sample r and lives in `root / row.shard` at `row.index`.
     len(ds), ds.schema, ds.experts
     ds.sample(7)                          # {tensor name: np.ndarray}
     ds.meta(7), ds.row(7)                 # shard metadata record, manifest row
+    ds.pca("x"), ds.reconstruct_feat(ds.sample(7), "x")   # compact (PCA) features -> [C, h, w] float32
 
 Shards are memory-mapped lazily, the first time a sample of theirs is read, in the process that reads it:
 a CacheDataset pickles without its maps (DataLoader workers with spawn reopen them) and notices a fork
@@ -19,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .reader import Shard, ShardError, manifest_metadata, read_manifest
+from .reader import Shard, ShardError, _reconstruct_feat, _schema_pca, manifest_metadata, read_manifest
 
 MANIFEST_FILE = "manifest.parquet"
 PARTS_KEY = "srcache.parts"
@@ -187,6 +188,15 @@ class CacheDataset:
             return s.sample(int(self._index[i]), verify)
         except ShardError as e:
             raise ShardError(f"{self._where(i)}: {e}") from None
+
+    def pca(self, expert):
+        """The PcaBasis of `feat/<expert>` (schema attr `feat/<expert>/pca`), or None when stored as is."""
+        return _schema_pca(self.schema or {}, expert, self.root)
+
+    def reconstruct_feat(self, x, expert):
+        """Features [..., C, h, w] float32 from `feat/<expert>`'s PCA coefficients: `x` is a sample dict (from
+        `sample`) or the coefficients [..., k, h, w] (numpy array, or torch tensor computed on its device)."""
+        return _reconstruct_feat(self.schema or {"tensors": []}, self.pca(expert), x, expert, self.root)
 
     def meta(self, i):
         """The shard's metadata record of sample i: {"id", "source", "patch", "variant", "psnr"}."""
