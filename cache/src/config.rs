@@ -19,6 +19,8 @@ pub const LOCK_FILE: &str = "cache.lock";
 pub const INPUTS_FILE: &str = "inputs.json";
 /// Where `--part K/N` writes inside the output directory.
 pub const PARTS_DIR: &str = "parts";
+/// The PCA bases of the experts with `feat_pca`, at the output root (shared by the parts of a cache).
+pub const PCA_FILE: &str = "feat-pca.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -88,6 +90,10 @@ pub struct ExpertConfig {
     /// Expert-split placement: the device this expert is pinned to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Store features as their leading PCA coefficients (e.g. `{ k = 16 }` or `{ energy = 0.999 }`); their codec
+    /// then defaults to per-channel 8-bit + zstd (`affine_u8_zstd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feat_pca: Option<crate::pca::PcaConfig>,
 }
 
 fn default_keep() -> Vec<String> {
@@ -112,6 +118,7 @@ impl ExpertConfig {
             feat_dtype: None,
             feat_codec: None,
             device: None,
+            feat_pca: None,
         }
     }
 
@@ -218,6 +225,12 @@ impl CacheConfig {
             }
             if !e.dtype.is_float() && e.dtype != DType::U8 {
                 return bad(format!("expert {}: sr dtype {} not supported (f16, bf16, f32, u8)", e.name, e.dtype));
+            }
+            if e.codec.needs_base() && e.dtype != DType::U8 {
+                return bad(format!("expert {}: codec {} stores u8 SR as a residual over bicubic; set dtype = \"u8\"", e.name, e.codec));
+            }
+            if e.feat_codec.is_some_and(|c| c.needs_base()) {
+                return bad(format!("expert {}: feat_codec residual_u8 is for u8 SR images only", e.name));
             }
             if e.feat_dtype.is_some_and(|d| !d.is_float()) {
                 return bad(format!("expert {}: feat dtype must be a float type", e.name));

@@ -123,6 +123,13 @@ impl Worker<'_> {
         };
         let mut started: Option<Instant> = None;
         let idle = AtomicU64::new(0);
+        // Feature projections onto the experts' PCA bases, as 1×1 convolutions on this device.
+        let mut proj = Vec::with_capacity(self.index.len());
+        for &i in &self.index {
+            proj.push(
+                self.layout.experts[i].pca.as_ref().map(|b| srcache_experts::pca::projection(b, device).map_err(CacheError::from)).transpose()?,
+            );
+        }
         loop {
             let t_wait = Instant::now();
             let Ok(up) = rx.recv() else { break };
@@ -133,7 +140,7 @@ impl Worker<'_> {
             started.get_or_insert(t0);
             let n = up.x.size()[0];
             let mut outs = Vec::with_capacity(self.experts.len());
-            for (e, &i) in self.experts.iter().zip(&self.index) {
+            for ((e, &i), proj) in self.experts.iter().zip(&self.index).zip(&proj) {
                 // cuDNN picks kernels per shape on first use: keep that out of the steady state.
                 let shape = vec![i as i64, n, up.x.size()[2], up.x.size()[3]];
                 if device.is_cuda() && !warm.contains(&shape) {
@@ -141,6 +148,10 @@ impl Worker<'_> {
                     warm.push(shape);
                 }
                 let (sr, feat) = forward_chunked(e, &up.x, &mut chunk, self.fp16, self.progress)?;
+                let feat = match (feat, proj) {
+                    (Some(f), Some((w, b))) => Some(f.f_conv2d(w, Some(b), [1, 1], [0, 0], [1, 1], 1).map_err(torch("PCA projection of features"))?),
+                    (f, _) => f,
+                };
                 outs.push(to_storage(e, &self.layout.experts[i], i, &sr, feat.as_ref())?);
             }
             add(&self.clock.forward, t0);

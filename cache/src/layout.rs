@@ -2,17 +2,19 @@
 
 use std::collections::BTreeMap;
 
-use srcache_formats::{Codec, DType, Schema, TensorSpec};
+use srcache_formats::{attr, Codec, DType, PcaBasis, Schema, TensorName, TensorSpec};
 use tch::{Kind, Tensor};
 
 use crate::config::CacheConfig;
-use crate::error::Result;
+use crate::error::{CacheError, Result};
 use srcache_experts::Expert;
 
 pub(crate) struct ExpertLayout {
     pub name: String,
     pub sr_dtype: DType,
     pub feat_dtype: DType,
+    /// Features are stored as their coefficients on this basis.
+    pub pca: Option<PcaBasis>,
 }
 
 #[derive(Clone, Copy)]
@@ -33,7 +35,7 @@ pub(crate) struct Layout {
 
 impl Layout {
     /// `probes[i]` is a loaded instance of expert i (any device).
-    pub fn build(cfg: &CacheConfig, probes: &[&Expert]) -> Result<Layout> {
+    pub fn build(cfg: &CacheConfig, probes: &[&Expert], bases: &BTreeMap<String, PcaBasis>) -> Result<Layout> {
         let scale = cfg.input.scale;
         let p = cfg.input.patch as usize;
         let hp = p * scale as usize;
@@ -51,20 +53,46 @@ impl Layout {
             if ec.keeps("sr") {
                 let name = format!("sr/{}", ec.name);
                 // u8 sr is already quantised: affine on top of it would be pointless (and is rejected).
-                let codec = if ec.dtype == DType::U8 && ec.codec == Codec::AffineU8 { Codec::ZSTD } else { ec.codec };
+                let codec = match ec.codec {
+                    Codec::AffineU8 | Codec::AffineU8Zstd { .. } if ec.dtype == DType::U8 => Codec::ZSTD,
+                    c => c,
+                };
                 tensors.push(TensorSpec::new(&name, ec.dtype, &probe.sr, codec));
                 slots.insert(name, Slot::Sr(i));
             }
+            let pca = bases.get(&ec.name).cloned();
+            let feat_channels = probe.feat.as_ref().and_then(|s| s.first().copied()).unwrap_or(0);
             if let (true, Some(shape)) = (ec.keeps("feat"), &probe.feat) {
-                let name = format!("feat/{}", ec.name);
-                tensors.push(TensorSpec::new(&name, feat_dtype, shape, ec.feat_codec.unwrap_or(ec.codec)));
+                let name = TensorName::feat(&ec.name).to_string();
+                let mut shape = shape.clone();
+                let default_codec = match (&pca, ec.codec) {
+                    // PCA coefficients are stored as per-channel 8-bit: the point of the compact setting.
+                    (Some(_), _) => Codec::AFFINE_U8_ZSTD,
+                    // The sr codec is the features' default unless it only makes sense for u8 images.
+                    (None, c) if c.needs_base() => Codec::SHUFFLE_ZSTD,
+                    (None, c) => c,
+                };
+                if let Some(b) = &pca {
+                    if b.channels != feat_channels {
+                        return Err(CacheError::Config {
+                            what: format!("expert {}: its PCA basis is for {} channels, the expert has {feat_channels}", ec.name, b.channels),
+                        });
+                    }
+                    shape[0] = b.k;
+                }
+                tensors.push(TensorSpec::new(&name, feat_dtype, &shape, ec.feat_codec.unwrap_or(default_codec)));
                 slots.insert(name, Slot::Feat(i));
             }
-            attrs.insert(format!("expert/{}", ec.name), ex.source().to_string());
-            experts.push(ExpertLayout { name: ec.name.clone(), sr_dtype: ec.dtype, feat_dtype });
+            attrs.insert(attr::expert_source(&ec.name), ex.source().to_string());
+            experts.push(ExpertLayout { name: ec.name.clone(), sr_dtype: ec.dtype, feat_dtype, pca });
         }
         let mut schema = Schema::new(tensors);
         schema.attrs = attrs;
+        for e in &experts {
+            if let Some(b) = &e.pca {
+                schema.set_pca(&e.name, b)?;
+            }
+        }
         schema.validate()?;
         Ok(Layout { scale, patch: p, experts, schema, slots })
     }
@@ -73,9 +101,20 @@ impl Layout {
         self.slots.get(name).copied()
     }
 
-    /// Bytes of one sample if every tensor were stored as raw f32: the baseline of the compression ratio.
+    /// Bytes of one sample if every tensor were stored as raw f32, features with all their channels: the
+    /// baseline of the compression ratio.
     pub fn raw_f32_bytes(&self) -> u64 {
-        self.schema.tensors.iter().map(|t| t.numel() as u64 * 4).sum()
+        let full = |t: &TensorSpec| -> u64 {
+            let pca = match t.name.parse::<TensorName>() {
+                Ok(TensorName::Feat(e)) => self.experts.iter().find(|x| x.name == e).and_then(|x| x.pca.as_ref()),
+                _ => None,
+            };
+            match pca {
+                Some(b) => (t.numel() / b.k.max(1) * b.channels) as u64 * 4,
+                None => t.numel() as u64 * 4,
+            }
+        };
+        self.schema.tensors.iter().map(full).sum()
     }
 }
 

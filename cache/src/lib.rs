@@ -20,6 +20,7 @@ mod error;
 mod layout;
 pub mod merge;
 pub mod output;
+pub mod pca;
 mod pipeline;
 mod source;
 
@@ -160,18 +161,20 @@ pub fn run_with(cfg: &CacheConfig, opts: &RunOptions, progress: &dyn Progress) -
     let dir = cfg.dataset_dir();
     if cfg.input.part.is_some() {
         // The root of a partitioned cache holds only `parts/` and, after `srcache merge`, its manifest.
-        srcache_formats::check_output_dir(&cfg.out, &[])?;
+        srcache_formats::check_output_dir(&cfg.out, &[config::PCA_FILE])?;
     }
     output::claim(&dir, opts.force)?;
     let _lock = output::DirLock::acquire(&dir)?;
     output::check_or_save_config(cfg, &dir)?;
+    let report = source::scan(&cfg.input)?;
+    output::check_or_save_inputs(&dir, &srcache_ingest::InputList::of(&report.images, &source::ingest_config(&cfg.input).scan))?;
     if let Some(mut s) = output::read_done(&dir)? {
         s.no_op = true;
         s.written = 0;
         s.wall_s = t_start.elapsed().as_secs_f64();
         return Ok(s);
     }
-    source::check_inputs(&cfg.input)?;
+    source::check_inputs(&cfg.input, &report)?;
 
     // Load every expert on its devices first: a bad file, a wrong shape or scale fails here, before work.
     let (groups, broadcast) = plan_groups(cfg)?;
@@ -203,13 +206,22 @@ pub fn run_with(cfg: &CacheConfig, opts: &RunOptions, progress: &dyn Progress) -
         }
     }
     let probes: Vec<&Expert> = probes.into_iter().flatten().collect();
-    let layout = Layout::build(cfg, &probes)?;
+    let bases = pca::fit_or_load(cfg, &probes, &report)?;
+    for (name, b) in &bases {
+        progress.message(&format!(
+            "expert {name}: features stored as {} of {} PCA components ({:.2}% of the variance)",
+            b.k,
+            b.channels,
+            100.0 * b.explained_variance()
+        ));
+    }
+    let layout = Layout::build(cfg, &probes, &bases)?;
 
     let opts = DatasetOptions { target_shard_bytes: cfg.target_shard_bytes };
     let (writer, resume) = DatasetWriter::create_or_resume(&dir, layout.schema.clone(), opts)?;
     let batch = cfg.batch as u64;
     let skip = resume.samples / batch * batch;
-    let source = source::open(&cfg.input, skip)?;
+    let source = source::open(&cfg.input, report, skip)?;
     let skip_log = source.skipped.clone();
     progress.start(cfg.input.limit, resume.samples);
     if resume.samples > 0 {
@@ -309,7 +321,7 @@ fn forward_only_inner(cfg: &CacheConfig, device: Device, batches: usize) -> Resu
     // The same real patches the pipeline sees, not noise: some kernels' speed depends on the data
     // (denormals in random-weight nets), so a fair baseline must run on the same inputs.
     let mut inputs = Vec::new();
-    let mut stream = source::open(&cfg.input, 0)?.stream;
+    let mut stream = source::open(&cfg.input, source::scan(&cfg.input)?, 0)?.stream;
     let mut total = 0usize;
     'outer: for _ in 0..batches {
         let mut lr = Vec::new();

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 
 use srcache_formats::{check_output_dir, Dataset, DirState};
 
-use crate::config::{CacheConfig, CONFIG_FILE, DONE_FILE, INPUTS_FILE, LOCK_FILE};
+use crate::config::{CacheConfig, CONFIG_FILE, DONE_FILE, INPUTS_FILE, LOCK_FILE, PCA_FILE};
 use crate::error::{CacheError, Result};
 use crate::CacheSummary;
 
 /// Files a cache run writes into its dataset directory besides the shards and the manifest.
-pub const SIDECARS: [&str; 4] = [CONFIG_FILE, DONE_FILE, LOCK_FILE, INPUTS_FILE];
+pub const SIDECARS: [&str; 5] = [CONFIG_FILE, DONE_FILE, LOCK_FILE, INPUTS_FILE, PCA_FILE];
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     move |source| CacheError::Io { path: path.to_path_buf(), source }
@@ -89,6 +89,31 @@ pub fn config_diff(a: &CacheConfig, b: &CacheConfig) -> Result<Option<String>> {
     let only = |x: &str, y: &str| -> Vec<String> { x.lines().filter(|l| !y.lines().any(|o| o == *l)).take(4).map(str::to_string).collect() };
     let (was, now) = (only(&ta, &tb), only(&tb, &ta));
     Ok(Some(format!("recorded: [{}]; now: [{}]", was.join("; "), now.join("; "))))
+}
+
+/// The input files this cache was made from must be the ones there now: `inputs.json` records them (relative
+/// path, size, a hash of each file's ends) when the cache starts; a resume or a rerun over a changed input is
+/// refused with the files added, removed or changed named. For a part, the whole input's list is recorded (it
+/// decides where the parts are cut).
+pub fn check_or_save_inputs(dir: &Path, now: &srcache_ingest::InputList) -> Result<()> {
+    let path = dir.join(INPUTS_FILE);
+    if path.exists() {
+        let text = std::fs::read(&path).map_err(io(&path))?;
+        let recorded: srcache_ingest::InputList =
+            serde_json::from_slice(&text).map_err(|e| CacheError::ConfigFile { path: path.clone(), what: format!("not an input list: {e}") })?;
+        if let Some(diff) = recorded.diff(now) {
+            return Err(CacheError::Refused {
+                out: dir.to_path_buf(),
+                what: format!(
+                    "the input files changed since this cache was started ({diff}); resuming would mix two inputs: use a new \
+                     output directory, or --force to delete this cache and start over"
+                ),
+            });
+        }
+        return Ok(());
+    }
+    let json = serde_json::to_vec_pretty(now).map_err(|e| CacheError::Pipeline { what: format!("input list: {e}") })?;
+    Ok(srcache_formats::write_atomic(&path, &json)?)
 }
 
 /// A finished cache (`cache.done.json`) is believed only when its dataset opens and matches the summary; a

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use image::RgbImage;
-use srcache_formats::{encode, DatasetWriter, EncodedTensor, SampleMeta, Schema};
+use srcache_formats::{encode_with_base, DatasetWriter, EncodedTensor, SampleMeta, Schema};
 use tch::Device;
 
 use crate::device::{guard, DeviceTime, Worker};
@@ -346,7 +346,8 @@ fn compress(layout: &Layout, w: SampleWork) -> Result<Encoded> {
             Some(Slot::Feat(i)) => w.outs[i].feat.as_deref().unwrap_or_default(),
             None => return Err(CacheError::Pipeline { what: format!("no producer for tensor {}", spec.name) }),
         };
-        let enc = encode(spec, raw).map_err(|source| CacheError::Encode { sample: s.id.clone(), source: Box::new(source) })?;
+        // `residual_u8` sr is stored against the bicubic of this sample's lr, so every encoder gets the lr bytes.
+        let enc = encode_with_base(spec, raw, Some(&lr)).map_err(|source| CacheError::Encode { sample: s.id.clone(), source: Box::new(source) })?;
         tensors.push(enc);
     }
     Ok(Encoded { seq: w.seq, meta, tensors })

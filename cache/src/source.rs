@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use srcache_ingest::Skipped;
+use srcache_ingest::{ScanReport, Skipped};
 
 use crate::config::InputConfig;
 use crate::error::{CacheError, Result};
@@ -29,9 +29,17 @@ pub(crate) fn ingest_config(cfg: &InputConfig) -> srcache_ingest::IngestConfig {
     }
 }
 
-/// The deterministic sample stream, skipping its first `skip` samples and stopping at the config's limit.
-pub(crate) fn open(cfg: &InputConfig, skip: u64) -> Result<Source> {
-    let stream = srcache_ingest::stream(&ingest_config(cfg))?;
+/// The input scan, made once per run: the fingerprint of the inputs and the stream come from the same list.
+pub(crate) fn scan(cfg: &InputConfig) -> Result<ScanReport> {
+    let icfg = ingest_config(cfg);
+    icfg.validate()?;
+    Ok(srcache_ingest::scan(&icfg.scan)?)
+}
+
+/// The deterministic sample stream over `report`, skipping its first `skip` samples and stopping at the
+/// config's limit.
+pub(crate) fn open(cfg: &InputConfig, report: ScanReport, skip: u64) -> Result<Source> {
+    let stream = srcache_ingest::stream_from(&ingest_config(cfg), report)?;
     let skipped = stream.skip_log();
     let take = cfg.limit.map(|l| l.saturating_sub(skip)).unwrap_or(u64::MAX);
     let stream = Box::new(stream.map(|r| r.map_err(CacheError::from)).skip(skip as usize).take(take.min(usize::MAX as u64) as usize));
@@ -40,10 +48,8 @@ pub(crate) fn open(cfg: &InputConfig, skip: u64) -> Result<Source> {
 
 /// Refuses a patch size no input image can hold, before any expert is loaded (a probe at an absurd patch size
 /// would only end in an out-of-memory error). Reads image headers only.
-pub(crate) fn check_inputs(cfg: &InputConfig) -> Result<()> {
-    let icfg = ingest_config(cfg);
-    let report = srcache_ingest::scan(&icfg.scan)?;
-    let mut images = report.images;
+pub(crate) fn check_inputs(cfg: &InputConfig, report: &ScanReport) -> Result<()> {
+    let mut images = report.images.clone();
     if let Some(part) = cfg.part {
         let range = srcache_ingest::partition::select(&images, part);
         images = images[range].to_vec();

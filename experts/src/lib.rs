@@ -17,6 +17,7 @@ pub mod evaluate;
 mod expert;
 pub mod fusion;
 pub mod image;
+pub mod pca;
 mod source;
 pub mod stack;
 pub mod tiling;

@@ -92,8 +92,8 @@ fn jpeg_roundtrip(img: &RgbImage, quality: u8) -> Result<RgbImage> {
     let mut buf = Vec::new();
     let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, quality);
     img.write_with_encoder(enc).map_err(|e| IngestError::Config { what: format!("jpeg encode: {e}") })?;
-    let dec = image::load_from_memory_with_format(&buf, image::ImageFormat::Jpeg)
-        .map_err(|e| IngestError::Config { what: format!("jpeg decode: {e}") })?;
+    let dec =
+        image::load_from_memory_with_format(&buf, image::ImageFormat::Jpeg).map_err(|e| IngestError::Config { what: format!("jpeg decode: {e}") })?;
     Ok(dec.into_rgb8())
 }
 

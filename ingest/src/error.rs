@@ -142,7 +142,11 @@ pub fn summarise_skipped(images: usize, skipped: &[Skipped]) -> String {
         .take(SHOWN)
         .map(|s| {
             let path = s.path.display().to_string();
-            if s.reason.contains(&path) { s.reason.clone() } else { format!("{path}: {}", s.reason) }
+            if s.reason.contains(&path) {
+                s.reason.clone()
+            } else {
+                format!("{path}: {}", s.reason)
+            }
         })
         .collect();
     let more = if skipped.len() > SHOWN { format!("; and {} more", skipped.len() - SHOWN) } else { String::new() };

@@ -21,10 +21,10 @@ pub use error::{summarise_skipped, BoxError, IngestError, Result, Skipped};
 pub use inputs::{InputDiff, InputList};
 pub use partition::Part;
 pub use patch::PatchConfig;
-pub use shards::{patch_schema, write_patch_dataset, IngestRecord, PatchDatasetSummary, PatchShardOptions, RECORD_FILE};
-pub use scan::{decode_all, scan, ImageEntry, ScanConfig, ScanReport};
 /// Re-exported so tools can size thread pools (e.g. the 1-core benchmark) with the same rayon.
 pub use rayon;
+pub use scan::{decode_all, scan, ImageEntry, ScanConfig, ScanReport};
+pub use shards::{patch_schema, write_patch_dataset, IngestRecord, PatchDatasetSummary, PatchShardOptions, RECORD_FILE};
 pub use stream::{prepare_image, stream, stream_from, write_lr_folder, PatchStream, PreparedImage, FAULT_PANIC_ENV};
 
 use image::RgbImage;

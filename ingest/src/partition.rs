@@ -23,7 +23,11 @@ impl Part {
     pub fn new(index: u32, count: u32) -> Result<Part, IngestError> {
         if count == 0 || index >= count {
             return Err(IngestError::Config {
-                what: format!("part {index}/{count}: need 0 <= K < N (parts are numbered from 0: 0/{n} .. {last}/{n})", n = count.max(1), last = count.max(1) - 1),
+                what: format!(
+                    "part {index}/{count}: need 0 <= K < N (parts are numbered from 0: 0/{n} .. {last}/{n})",
+                    n = count.max(1),
+                    last = count.max(1) - 1
+                ),
             });
         }
         Ok(Part { index, count })
@@ -110,7 +114,11 @@ fn range_of(weights: &[u64], part: Part) -> Range<usize> {
     let n = part.count as u128;
     let owner = |mid2: u128| -> u128 {
         // part = floor(mid · N / total), with mid = running + w/2 (doubled to stay in integers).
-        if total == 0 { 0 } else { (mid2 * n / (2 * total)).min(n - 1) }
+        if total == 0 {
+            0
+        } else {
+            (mid2 * n / (2 * total)).min(n - 1)
+        }
     };
     let (mut start, mut end) = (None, weights.len());
     let mut running: u128 = 0;
@@ -155,7 +163,10 @@ mod tests {
         assert_eq!(Part::from_dir_name("2-of-5"), Some(Part { index: 2, count: 5 }));
         let env = |vars: &'static [(&'static str, &'static str)]| move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
         assert_eq!(part_from_env(env(&[("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_COUNT", "3")])).ok(), Some(Part { index: 2, count: 3 }));
-        assert_eq!(part_from_env(env(&[("SLURM_ARRAY_TASK_ID", "1"), ("SLURM_ARRAY_TASK_COUNT", "1"), ("SRCACHE_PART_COUNT", "3")])).ok(), Some(Part { index: 1, count: 3 }));
+        assert_eq!(
+            part_from_env(env(&[("SLURM_ARRAY_TASK_ID", "1"), ("SLURM_ARRAY_TASK_COUNT", "1"), ("SRCACHE_PART_COUNT", "3")])).ok(),
+            Some(Part { index: 1, count: 3 })
+        );
         assert_eq!(part_from_env(env(&[("JOB_COMPLETION_INDEX", "0"), ("SRCACHE_PART_COUNT", "4")])).ok(), Some(Part { index: 0, count: 4 }));
         assert!(part_from_env(env(&[])).is_err_and(|e| e.to_string().contains("SLURM_ARRAY_TASK_ID")));
         assert!(part_from_env(env(&[("JOB_COMPLETION_INDEX", "0")])).is_err());

@@ -35,10 +35,9 @@ pub fn extract(dir: &Path) -> Result<PathBuf> {
 
 /// One embedded photo, decoded.
 pub fn decode(name: &str) -> Result<RgbImage> {
-    let (_, bytes) = PHOTOS.iter().find(|(n, _)| *n == name || n.strip_suffix(".png") == Some(name)).ok_or_else(|| IngestError::Config {
-        what: format!("no built-in photo {name:?} ({})", PHOTOS.map(|(n, _)| n).join(", ")),
-    })?;
-    image::load_from_memory(bytes)
-        .map(|i| i.into_rgb8())
-        .map_err(|e| IngestError::decode(Path::new(name), e))
+    let (_, bytes) = PHOTOS
+        .iter()
+        .find(|(n, _)| *n == name || n.strip_suffix(".png") == Some(name))
+        .ok_or_else(|| IngestError::Config { what: format!("no built-in photo {name:?} ({})", PHOTOS.map(|(n, _)| n).join(", ")) })?;
+    image::load_from_memory(bytes).map(|i| i.into_rgb8()).map_err(|e| IngestError::decode(Path::new(name), e))
 }

@@ -89,10 +89,8 @@ fn resize_rows<P: Px>(src: &[P], row_len: usize, out_h: usize, rows: &Contributi
     #[cfg(target_arch = "x86_64")]
     let avx2 = std::arch::is_x86_feature_detected!("avx2");
     out.par_chunks_mut(row_len).enumerate().for_each(|(y, dst)| {
-        let taps: Vec<(usize, f32)> = (0..rows.taps)
-            .map(|k| (rows.index[y * rows.taps + k], rows.weight[y * rows.taps + k]))
-            .filter(|&(_, wk)| wk != 0.0)
-            .collect();
+        let taps: Vec<(usize, f32)> =
+            (0..rows.taps).map(|k| (rows.index[y * rows.taps + k], rows.weight[y * rows.taps + k])).filter(|&(_, wk)| wk != 0.0).collect();
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: the CPU supports AVX2 (checked above).

@@ -53,9 +53,7 @@ impl ScanConfig {
 /// `scale` must be in [`SCALES`]: 0 has no LR, and beyond 8 no expert exists.
 pub fn check_scale(scale: u32) -> Result<()> {
     if !SCALES.contains(&scale) {
-        return Err(IngestError::Config {
-            what: format!("scale {scale} is outside {}..={}", SCALES.start(), SCALES.end()),
-        });
+        return Err(IngestError::Config { what: format!("scale {scale} is outside {}..={}", SCALES.start(), SCALES.end()) });
     }
     Ok(())
 }
@@ -156,9 +154,7 @@ pub fn list_dir(dir: &Path) -> Result<Listing> {
     for p in found {
         match fs::canonicalize(&p) {
             Ok(c) => match files.entry(c) {
-                Entry::Occupied(first) => {
-                    out.notes.push(format!("{}: the same file as {}; listed once", p.display(), first.get().display()))
-                }
+                Entry::Occupied(first) => out.notes.push(format!("{}: the same file as {}; listed once", p.display(), first.get().display())),
                 Entry::Vacant(v) => {
                     v.insert(p.clone());
                     out.files.push(p);

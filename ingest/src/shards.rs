@@ -14,8 +14,8 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use srcache_formats::{
-    encode_owned, Codec, DType, DatasetOptions, DatasetSummary, DatasetWriter, DirState, EncodedTensor, SampleMeta, Schema,
-    TensorSpec, MANIFEST_FILE, SKIPPED_KEY,
+    encode_owned, Codec, DType, DatasetOptions, DatasetSummary, DatasetWriter, DirState, EncodedTensor, SampleMeta, Schema, TensorSpec,
+    MANIFEST_FILE, SKIPPED_KEY,
 };
 
 use crate::error::{summarise_skipped, IngestError, Result, Skipped};
@@ -193,10 +193,7 @@ pub struct PatchDatasetSummary {
 /// The schema of an ingest-only dataset: `lr` u8 [3,p,p] and `hr` u8 [3,sp,sp].
 pub fn patch_schema(scale: u32, patch: u32, codec: Codec) -> Schema {
     let (p, hp) = (patch as usize, (patch * scale) as usize);
-    let mut s = Schema::new(vec![
-        TensorSpec::new("lr", DType::U8, &[3, p, p], codec),
-        TensorSpec::new("hr", DType::U8, &[3, hp, hp], codec),
-    ]);
+    let mut s = Schema::new(vec![TensorSpec::new("lr", DType::U8, &[3, p, p], codec), TensorSpec::new("hr", DType::U8, &[3, hp, hp], codec)]);
     s.attrs.insert("scale".into(), scale.to_string());
     s.attrs.insert("patch".into(), patch.to_string());
     s.attrs.insert("experts".into(), String::new());
@@ -248,16 +245,9 @@ fn deinterleave(src: &[u8], r: &mut [u8], g: &mut [u8], b: &mut [u8]) {
 }
 
 fn encode_sample(schema: &Schema, s: &PatchSample) -> Result<(SampleMeta, Vec<EncodedTensor>)> {
-    let meta = SampleMeta {
-        id: s.id.clone(),
-        source: s.source.clone(),
-        patch: s.patch,
-        variant: s.variant.clone(),
-        psnr: Default::default(),
-    };
-    let enc = |i: usize, img: &image::RgbImage| {
-        encode_owned(&schema.tensors[i], to_chw(img)).map_err(|e| IngestError::write(Path::new(&s.source), e))
-    };
+    let meta = SampleMeta { id: s.id.clone(), source: s.source.clone(), patch: s.patch, variant: s.variant.clone(), psnr: Default::default() };
+    let enc =
+        |i: usize, img: &image::RgbImage| encode_owned(&schema.tensors[i], to_chw(img)).map_err(|e| IngestError::write(Path::new(&s.source), e));
     Ok((meta, vec![enc(0, &s.lr)?, enc(1, &s.hr)?]))
 }
 

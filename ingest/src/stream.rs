@@ -98,13 +98,7 @@ fn process(entry: &ImageEntry, cfg: &IngestConfig, variants: &[Variant]) -> Resu
     let img = prepare_image(entry, scale)?;
     let size = cfg.patch.size;
     if img.lr.width() < size || img.lr.height() < size {
-        return Err(IngestError::TooSmall {
-            path: entry.hr.clone(),
-            width: img.hr.width(),
-            height: img.hr.height(),
-            patch: size,
-            scale,
-        });
+        return Err(IngestError::TooSmall { path: entry.hr.clone(), width: img.hr.width(), height: img.hr.height(), patch: size, scale });
     }
     let mut out = Vec::new();
     for v in variants {
@@ -287,11 +281,7 @@ pub fn stream_from(cfg: &IngestConfig, mut report: ScanReport) -> Result<PatchSt
         }
     }
     let variants = cfg.parsed_variants()?;
-    let workers = if cfg.workers == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
-    } else {
-        cfg.workers
-    };
+    let workers = if cfg.workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) } else { cfg.workers };
     let depth = cfg.queue_depth.max(workers).max(1);
     let (token_tx, token_rx) = bounded::<()>(depth);
     for _ in 0..depth {
@@ -359,13 +349,7 @@ fn lr_file_name(hr: &Path, scale: u32) -> std::ffi::OsString {
 /// `on_done` is called per image. Bad input files (and same-stem files, whose LR names would collide) are
 /// skipped, or fail a strict run; a failed write or a panic fails the run in every mode, and so does a run
 /// that writes nothing.
-pub fn write_lr_folder(
-    hr_dir: &Path,
-    scale: u32,
-    out: &Path,
-    strict: bool,
-    on_done: &(dyn Fn() + Sync),
-) -> Result<(usize, Vec<Skipped>)> {
+pub fn write_lr_folder(hr_dir: &Path, scale: u32, out: &Path, strict: bool, on_done: &(dyn Fn() + Sync)) -> Result<(usize, Vec<Skipped>)> {
     check_scale(scale)?;
     let listing = list_dir(hr_dir)?;
     if listing.files.is_empty() {

@@ -30,9 +30,7 @@ fn order_is_deterministic_and_lr_is_matlab_bicubic() {
     for n in ["chelsea.png", "coffee.png", "astronaut.png"] {
         copy_photo(n, &dir.path().join(n));
     }
-    let ids = |workers| -> Vec<String> {
-        stream(&cfg(dir.path(), None, workers, true)).expect("stream").map(|s| s.expect("sample").id).collect()
-    };
+    let ids = |workers| -> Vec<String> { stream(&cfg(dir.path(), None, workers, true)).expect("stream").map(|s| s.expect("sample").id).collect() };
     let one = ids(1);
     assert!(one.len() > 100);
     assert_eq!(one, ids(3));

@@ -115,7 +115,7 @@ fn build(root: &Path) -> PathBuf {
     assert!(fifo.success(), "mkfifo failed");
     crop(0, 110).save(d.join("good_0.png")).expect("save"); // same stem as dup/good_0.png, sorts after it
     crop(1, 120).save(d.join("good_1.png")).expect("save"); // same stem as good_1.jpg, sorts after it
-    // Links: a loop back to the folder, and a second name of good_2.png (sorts after it).
+                                                            // Links: a loop back to the folder, and a second name of good_2.png (sorts after it).
     std::os::unix::fs::symlink(".", d.join("loop")).expect("symlink");
     std::os::unix::fs::symlink("good_2.png", d.join("link_to_good_2.png")).expect("symlink");
     d
@@ -161,7 +161,10 @@ fn hostile_inputs_are_skipped_or_refused_by_name_never_panic_or_hang() {
         for b in &BAD {
             let line = r.stderr.lines().find(|l| l.contains(&format!("/{}", b.name)) && !l.contains("same file")).unwrap_or_default();
             assert!(line.contains(b.patches), "{}: want {:?} on its stderr line: {}", b.name, b.patches, r.text());
-            let k = listed.iter().find(|k| k.path.ends_with(b.name)).unwrap_or_else(|| panic!("{} not in the manifest's skipped list {listed:?}", b.name));
+            let k = listed
+                .iter()
+                .find(|k| k.path.ends_with(b.name))
+                .unwrap_or_else(|| panic!("{} not in the manifest's skipped list {listed:?}", b.name));
             assert!(k.reason.contains(b.patches), "{}: {}", b.name, k.reason);
             t.cases += 1;
         }

@@ -54,9 +54,28 @@ fn killed_ingest_reruns_to_the_uninterrupted_dataset() {
     // 40 photo crops of 128x128: 49 patches each at x2 (patch 16, stride 8), ~7 MiB of raw samples, ~7 shards.
     small_photos(&hr, 40, 128);
     let args = |out: &Path| -> Vec<String> {
-        ["ingest", "patches", "--hr", s(&hr), "--out", s(out), "--scale", "2", "--patch", "16", "--stride", "8", "--codec", "raw", "--shard-mib", "1", "--workers", "2"]
-            .map(String::from)
-            .to_vec()
+        [
+            "ingest",
+            "patches",
+            "--hr",
+            s(&hr),
+            "--out",
+            s(out),
+            "--scale",
+            "2",
+            "--patch",
+            "16",
+            "--stride",
+            "8",
+            "--codec",
+            "raw",
+            "--shard-mib",
+            "1",
+            "--workers",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec()
     };
     let run = |out: &Path| {
         let a = args(out);

@@ -56,6 +56,15 @@ pub struct CacheArgs {
     /// Store features lossy as 8-bit (affine per channel).
     #[arg(long)]
     pub feat_u8: bool,
+    /// Store features as their leading PCA coefficients, per-channel 8-bit + zstd: K components (e.g. 16), or
+    /// the fewest explaining a fraction of the variance (e.g. 0.999). The basis is fitted at the start on a
+    /// seeded sample of the input and saved in the dataset.
+    #[arg(long, value_name = "K|FRACTION")]
+    pub feat_pca: Option<String>,
+    /// Store SR outputs as u8 (what every metric is computed on), losslessly as a residual over an exact
+    /// bicubic of the LR patch, zstd-compressed.
+    #[arg(long)]
+    pub sr_u8: bool,
     /// Cache only part K of N of the input (0 <= K < N), into OUT/parts/K-of-N/; `srcache merge OUT` joins
     /// the parts. `slurm` reads the part from SLURM_ARRAY_TASK_ID (or a Kubernetes JOB_COMPLETION_INDEX) and the
     /// count from SRCACHE_PART_COUNT or SLURM_ARRAY_TASK_COUNT. Parts are contiguous in file-name order and hold
@@ -112,6 +121,26 @@ pub fn build_config(a: &CacheArgs) -> anyhow::Result<CacheConfig> {
     if a.feat_u8 {
         for e in &mut cfg.experts {
             e.feat_codec = Some(srcache_formats::Codec::AffineU8);
+        }
+    }
+    if let Some(spec) = &a.feat_pca {
+        let mut p = srcache_cache::pca::PcaConfig::default();
+        match (spec.parse::<usize>(), spec.parse::<f32>()) {
+            (Ok(k), _) if k > 0 => p.k = k,
+            (Err(_), Ok(f)) if f > 0.0 && f <= 1.0 => p.energy = f,
+            _ => bail!("--feat-pca {spec:?}: give a component count (e.g. 16) or a variance fraction in (0, 1] (e.g. 0.999)"),
+        }
+        for e in &mut cfg.experts {
+            e.feat_pca = Some(p.clone());
+        }
+    }
+    if a.sr_u8 {
+        for e in &mut cfg.experts {
+            e.dtype = srcache_formats::DType::U8;
+            e.codec = srcache_formats::Codec::RESIDUAL_U8;
+            if e.feat_dtype.is_none() {
+                e.feat_dtype = Some(srcache_formats::DType::F16);
+            }
         }
     }
     if let Some(v) = &a.out {

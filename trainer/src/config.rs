@@ -33,6 +33,10 @@ pub struct FusionConfig {
     pub delta_expert: usize,
     /// Adds a zero-initialised Laplacian (high-pass) edge refinement after the head.
     pub edge_refine: bool,
+    /// Per expert: the PCA basis its cached features are coefficients on (from the dataset schema, never saved
+    /// in the config: the dataset is where it lives).
+    #[serde(skip)]
+    pub feat_pca: Vec<Option<srcache_formats::PcaBasis>>,
 }
 
 impl Default for FusionConfig {
@@ -48,6 +52,7 @@ impl Default for FusionConfig {
             scale: 4,
             delta_expert: 0,
             edge_refine: false,
+            feat_pca: Vec::new(),
         }
     }
 }

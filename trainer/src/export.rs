@@ -4,13 +4,73 @@
 use crate::error::{Result, TorchCtx, TrainerError};
 use crate::model::FusionNet;
 use std::path::Path;
+use tch::nn::VarStore;
 use tch::{CModule, Kind, Tensor};
 
 /// `model`'s VarStore must be frozen (the trainer's EMA store is): the tracer refuses to bake tensors that
 /// require grad into the graph as constants.
 /// Traces `model` at a small example size (the traced graph is size-agnostic: convs, pixel-shuffle and
 /// interpolation to the input's size) and saves it.
-pub fn export(model: &FusionNet, feat_channels: &[usize], path: &Path) -> Result<()> {
+///
+/// A model trained on PCA coefficients of an expert's features (a cache with `feat_pca`) is exported with the
+/// basis folded into its first layer on those features (a 1×1 projection: W·(P·(f − mean)) = (W·P)·f − W·P·mean),
+/// so the exported model takes the experts' full feature maps and inference needs no basis.
+pub fn export(model: &FusionNet, vs: &VarStore, feat_channels: &[usize], path: &Path) -> Result<()> {
+    if model.cfg.feat_pca.iter().any(Option::is_some) {
+        let (_vs, folded, channels) = fold_pca(model, vs, feat_channels)?;
+        return trace(&folded, &channels, path);
+    }
+    trace(model, feat_channels, path)
+}
+
+/// A copy of `model` whose feature projections take full feature maps instead of PCA coefficients.
+fn fold_pca(model: &FusionNet, vs: &VarStore, feat_channels: &[usize]) -> Result<(VarStore, FusionNet, Vec<usize>)> {
+    let mut cfg = model.cfg.clone();
+    let mut channels = feat_channels.to_vec();
+    for (i, b) in model.cfg.feat_pca.iter().enumerate() {
+        if let (Some(b), Some(c)) = (b, channels.get_mut(i)) {
+            *c = b.channels;
+        }
+    }
+    cfg.feat_channels = channels.clone();
+    cfg.feat_pca = vec![None; cfg.feat_pca.len()];
+    let mut vs2 = VarStore::new(tch::Device::Cpu);
+    let folded = FusionNet::new(&vs2.root(), &cfg)?;
+    let src = vs.variables();
+    let _g = tch::no_grad_guard();
+    let get = |name: &str| -> Result<Tensor> {
+        src.get(name)
+            .map(|t| t.to_device(tch::Device::Cpu).to_kind(Kind::Float))
+            .ok_or_else(|| TrainerError::Config { what: "export".into(), why: format!("the trained model has no variable {name}") })
+    };
+    for (name, mut dst) in vs2.variables() {
+        let feat = name.strip_prefix("trunk.feat").and_then(|r| r.split_once('.')).and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest)));
+        let basis = feat.and_then(|(i, _)| model.cfg.feat_pca.get(i)?.as_ref().map(|b| (i, b)));
+        let value = match (feat, basis) {
+            (Some((_, part)), Some((i, b))) => {
+                let (k, c) = (b.k as i64, b.channels as i64);
+                let w = get(&format!("trunk.feat{i}.weight"))?;
+                let o = w.size()[0];
+                let w = w.f_reshape([o, k]).ctx("fold weight")?;
+                let p = Tensor::f_from_slice(&b.components).and_then(|t| t.f_reshape([k, c])).ctx("basis")?;
+                let mean = Tensor::f_from_slice(&b.mean).and_then(|t| t.f_reshape([c, 1])).ctx("basis mean")?;
+                match part {
+                    "weight" => w.f_matmul(&p).and_then(|t| t.f_reshape([o, c, 1, 1])).ctx("fold weight")?,
+                    "bias" => {
+                        get(&name)?.f_sub(&w.f_matmul(&p.f_matmul(&mean).ctx("fold")?).ctx("fold")?.f_reshape([o]).ctx("fold")?).ctx("fold bias")?
+                    }
+                    _ => get(&name)?,
+                }
+            }
+            _ => get(&name)?,
+        };
+        dst.f_copy_(&value).ctx("copy variable for export")?;
+    }
+    vs2.freeze();
+    Ok((vs2, folded, channels))
+}
+
+fn trace(model: &FusionNet, feat_channels: &[usize], path: &Path) -> Result<()> {
     let s = model.cfg.scale as i64;
     let h = 16i64;
     let opts = (Kind::Float, tch::Device::Cpu);

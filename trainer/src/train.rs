@@ -178,7 +178,10 @@ impl Trainer {
     pub fn resume(&mut self, run: &Path) -> Result<Option<LoaderPosition>> {
         let Some(dir) = checkpoint::latest(run)? else { return Ok(None) };
         let st = checkpoint::read_state(&dir)?;
-        if st.config.model != self.cfg.model {
+        // The PCA bases come from the dataset, not the saved config.
+        let mut saved = st.config.model.clone();
+        saved.feat_pca = self.cfg.model.feat_pca.clone();
+        if saved != self.cfg.model {
             return Err(TrainerError::Checkpoint { path: dir, why: "model config differs from the checkpoint's".into() });
         }
         checkpoint::load_into(&dir, &st, &mut self.vs, &mut self.ema_vs, &mut self.opt)?;
@@ -248,6 +251,10 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     let mut loader = Loader::new(ds.clone(), train_idx, &lcfg, LoaderPosition::default())?;
     cfg.model.experts = loader.experts.clone();
     cfg.model.feat_channels = loader.feat_channels.clone();
+    // Features cached as PCA coefficients: the model trains on them; validation projects full images' features
+    // the same way, and the export folds the basis into the model.
+    let schema = ds.schema().cloned().unwrap_or_default();
+    cfg.model.feat_pca = cfg.model.experts.iter().map(|e| schema.pca(e).transpose()).collect::<std::result::Result<_, _>>()?;
     let scale = ds.schema().and_then(|s| s.attrs.get("scale")).and_then(|v| v.parse().ok());
     if let Some(s) = scale {
         cfg.model.scale = s;
@@ -329,7 +336,7 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     }
     let exported = if cfg.export {
         let p = run.join("fusion.pt");
-        crate::export::export(&tr.ema, &loader.feat_channels, &p)?;
+        crate::export::export(&tr.ema, &tr.ema_vs, &loader.feat_channels, &p)?;
         Some(p)
     } else {
         None

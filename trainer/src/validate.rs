@@ -223,7 +223,14 @@ impl FullImageVal {
                     }
                 };
                 let lr = image_to_tensor(&img.lr, tch::Device::Cpu)?;
-                let outs = stack.run(&lr, &want)?;
+                let mut outs = stack.run(&lr, &want)?;
+                // The model takes the PCA coefficients the cache stored for such experts, not their full features.
+                let with_feat = (0..model.experts.len()).filter(|&i| want.get(i).copied().unwrap_or(false));
+                for (f, i) in outs.feats.iter_mut().zip(with_feat) {
+                    if let Some(Some(b)) = model.feat_pca.get(i) {
+                        *f = srcache_experts::pca::project(f, b)?;
+                    }
+                }
                 let mut m = Vec::with_capacity(outs.srs.len() + 1);
                 for sr in &outs.srs {
                     m.push(score(&tensor_to_image(sr)?, &img.hr, scale));

@@ -76,6 +76,8 @@ pub fn run(a: BenchCacheArgs) -> anyhow::Result<()> {
         shard_mb: Some(256),
         limit: Some(a.samples),
         feat_u8: false,
+        feat_pca: None,
+        sr_u8: false,
         part: None,
         force: false,
         quiet: true,
