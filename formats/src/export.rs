@@ -14,6 +14,48 @@ fn export_err(path: &Path, what: impl Into<String>) -> FormatError {
     FormatError::Export { path: path.to_path_buf(), what: what.into() }
 }
 
+/// What one exported array holds: a stored tensor as decoded, or (with `reconstruct`) a PCA-compressed feature
+/// map rebuilt to its full channels in f32.
+struct Item {
+    /// The array's spec (for a reconstructed feature: f32, [C, h, w]).
+    spec: TensorSpec,
+    /// The stored tensor's spec.
+    stored: TensorSpec,
+    basis: Option<crate::PcaBasis>,
+}
+
+/// The arrays to export from `shard`, in schema order.
+fn items(shard: &Shard, reconstruct: bool) -> Result<Vec<Item>> {
+    let schema = shard.schema();
+    schema
+        .tensors
+        .iter()
+        .map(|t| {
+            let basis = match (reconstruct, t.name.parse::<crate::TensorName>()) {
+                (true, Ok(crate::TensorName::Feat(e))) => schema.pca(&e).transpose()?,
+                _ => None,
+            };
+            let spec = match &basis {
+                Some(b) => TensorSpec::new(t.name.clone(), DType::F32, &[b.channels, t.shape[1], t.shape[2]], crate::Codec::Raw),
+                None => t.clone(),
+            };
+            Ok(Item { spec, stored: t.clone(), basis })
+        })
+        .collect()
+}
+
+/// [`gather`] of an [`Item`]: decoded bytes, or the rebuilt full feature map (f32) for a PCA item.
+fn gather_item(shard: &Shard, indices: &[usize], item: &Item) -> Result<Vec<u8>> {
+    let Some(b) = &item.basis else { return gather(shard, indices, &item.stored) };
+    let (h, w) = (item.stored.shape[1], item.stored.shape[2]);
+    let mut out = Vec::new();
+    for &i in indices {
+        let coeffs = shard.tensor(i, &item.stored.name)?.to_f32()?;
+        out.extend(b.reconstruct(&coeffs, h, w)?.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    Ok(out)
+}
+
 /// Decoded little-endian bytes of `name` for each sample in `indices`, concatenated.
 fn gather(shard: &Shard, indices: &[usize], spec: &TensorSpec) -> Result<Vec<u8>> {
     let per = spec.raw_len().ok_or_else(|| FormatError::InvalidInput { what: format!("tensor {:?}: size overflows", spec.name) })?;
@@ -92,7 +134,9 @@ fn npy_strings(items: &[String]) -> (String, Vec<u8>) {
 
 /// Samples `indices` of `shard` as a numpy `.npz`: one array per tensor (stacked along a new first axis when
 /// `stacked`, plus a `sample_id` string array); `compress` deflates the members.
-pub fn write_npz(shard: &Shard, indices: &[usize], stacked: bool, out: &Path, compress: bool) -> Result<()> {
+/// With `reconstruct`, PCA-compressed features (`feat/<e>` with a basis in the schema) are exported rebuilt to
+/// their full channels (f32) instead of as stored coefficients.
+pub fn write_npz(shard: &Shard, indices: &[usize], stacked: bool, out: &Path, compress: bool, reconstruct: bool) -> Result<()> {
     let file = AtomicFile::create(out)?;
     let mut zip = zip::ZipWriter::new(file);
     let method = if compress { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
@@ -103,10 +147,10 @@ pub fn write_npz(shard: &Shard, indices: &[usize], stacked: bool, out: &Path, co
         zip.write_all(data).map_err(|e| FormatError::io(out, "writing npz", e))?;
         Ok(())
     };
-    for spec in &shard.schema().tensors {
-        let raw = gather(shard, indices, spec)?;
-        let (descr, data) = npy_payload(spec.dtype, raw);
-        member(&mut zip, &spec.name, descr, &out_shape(spec, indices.len(), stacked), &data)?;
+    for item in items(shard, reconstruct)? {
+        let raw = gather_item(shard, indices, &item)?;
+        let (descr, data) = npy_payload(item.spec.dtype, raw);
+        member(&mut zip, &item.spec.name, descr, &out_shape(&item.spec, indices.len(), stacked), &data)?;
     }
     if stacked {
         let ids = sample_ids(shard, indices)?;
@@ -128,13 +172,13 @@ fn sample_ids(shard: &Shard, indices: &[usize]) -> Result<Vec<String>> {
 struct LazyTensor<'a> {
     shard: &'a Shard,
     indices: &'a [usize],
-    spec: &'a TensorSpec,
+    item: &'a Item,
     shape: Vec<usize>,
 }
 
 impl safetensors::View for LazyTensor<'_> {
     fn dtype(&self) -> safetensors::Dtype {
-        match self.spec.dtype {
+        match self.item.spec.dtype {
             DType::U8 => safetensors::Dtype::U8,
             DType::U16 => safetensors::Dtype::U16,
             DType::F16 => safetensors::Dtype::F16,
@@ -148,15 +192,16 @@ impl safetensors::View for LazyTensor<'_> {
     fn data(&self) -> Cow<'_, [u8]> {
         // The trait cannot fail; shards were verified-on-read already by `gather`'s checksum, so a failure
         // here is reported as zeros and caught by the pre-pass in `write_safetensors`.
-        Cow::Owned(gather(self.shard, self.indices, self.spec).unwrap_or_else(|_| vec![0; self.data_len()]))
+        Cow::Owned(gather_item(self.shard, self.indices, self.item).unwrap_or_else(|_| vec![0; self.data_len()]))
     }
     fn data_len(&self) -> usize {
-        self.shape.iter().product::<usize>() * self.spec.dtype.size_of()
+        self.shape.iter().product::<usize>() * self.item.spec.dtype.size_of()
     }
 }
 
-/// Samples `indices` of `shard` as safetensors (bf16 kept), with the schema and sample ids in the metadata.
-pub fn write_safetensors(shard: &Shard, indices: &[usize], stacked: bool, out: &Path) -> Result<()> {
+/// Samples `indices` of `shard` as safetensors (bf16 kept), with the schema and sample ids in the metadata;
+/// `reconstruct` as in [`write_npz`].
+pub fn write_safetensors(shard: &Shard, indices: &[usize], stacked: bool, out: &Path, reconstruct: bool) -> Result<()> {
     // Decode failures cannot propagate out of `View::data`, so check every payload first (cheap relative
     // to writing) and fail loudly instead of exporting zeros.
     for spec in &shard.schema().tensors {
@@ -164,13 +209,12 @@ pub fn write_safetensors(shard: &Shard, indices: &[usize], stacked: bool, out: &
             shard.tensor(i, &spec.name)?.decode()?;
         }
     }
-    let tensors: Vec<(String, LazyTensor<'_>)> = shard
-        .schema()
-        .tensors
+    let items = items(shard, reconstruct)?;
+    let tensors: Vec<(String, LazyTensor<'_>)> = items
         .iter()
-        .map(|spec| {
-            let t = LazyTensor { shard, indices, spec, shape: out_shape(spec, indices.len(), stacked) };
-            (spec.name.clone(), t)
+        .map(|item| {
+            let t = LazyTensor { shard, indices, item, shape: out_shape(&item.spec, indices.len(), stacked) };
+            (item.spec.name.clone(), t)
         })
         .collect();
     let mut meta = HashMap::new();

@@ -43,7 +43,7 @@ fn step(n: u32, what: &str) {
 }
 
 /// Copies the photos into train/ and bench/DemoVal/HR, then writes MATLAB-bicubic LR for the held-out set.
-fn prepare_data(photos: &Path, out: &Path, scale: u32) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn prepare_data(photos: &Path, out: &Path, scale: u32) -> Result<(PathBuf, PathBuf)> {
     let files = srcache_ingest::scan::list_images(photos)?;
     let train = out.join("data/train_HR");
     let bench = out.join("data/DemoVal");
@@ -83,7 +83,7 @@ fn cache_config(train: &Path, out: &Path, scale: u32) -> CacheConfig {
     }
 }
 
-fn train_config(steps: u64, scale: u32, bench: &Path) -> TrainConfig {
+pub(crate) fn train_config(steps: u64, scale: u32, bench: &Path) -> TrainConfig {
     // Six validations, so curves.png shows the fused PSNR climbing past the best expert (each costs ~1 s).
     let val_every = (steps / 6).max(1);
     let mut cfg = TrainConfig { steps, device: "cpu".into(), val_every, ckpt_every: steps.max(1), log_every: 10, ..Default::default() };

@@ -45,6 +45,10 @@ pub struct Args {
     /// Deflate-compress the .npz members (smaller, slower; numpy reads both).
     #[arg(long)]
     pub compress: bool,
+    /// Export PCA-compressed features (a cache made with --feat-pca) rebuilt to all their channels (f32)
+    /// instead of as the stored coefficients.
+    #[arg(long)]
+    pub reconstruct_feat: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -78,8 +82,8 @@ pub fn run(args: Args) -> Result<()> {
         };
         let stacked = args.shard.is_some();
         match args.format {
-            Format::Npz => write_npz(&shard, &indices, stacked, out, args.compress)?,
-            Format::Safetensors => write_safetensors(&shard, &indices, stacked, out)?,
+            Format::Npz => write_npz(&shard, &indices, stacked, out, args.compress, args.reconstruct_feat)?,
+            Format::Safetensors => write_safetensors(&shard, &indices, stacked, out, args.reconstruct_feat)?,
         }
         println!("wrote {} ({} sample(s), {} tensors each)", out.display(), indices.len(), shard.schema().tensors.len());
         did = true;

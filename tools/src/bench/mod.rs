@@ -4,6 +4,7 @@
 use clap::Subcommand;
 
 mod cache;
+mod fidelity;
 mod formats;
 mod ingest;
 mod loader;
@@ -45,6 +46,8 @@ pub enum Bench {
     Cache(cache::BenchCacheArgs),
     /// Shard loader vs one fp32 archive per sample; training step fed by the loader vs in-memory batches.
     Loader(loader::BenchLoaderArgs),
+    /// What lossy cache storage costs: each compact variant's size, loader speed and fused PSNR/SSIM vs lossless.
+    Fidelity(fidelity::BenchFidelityArgs),
     /// The same real patches through each expert on a device and on the CPU: fp32 max |diff|, fp16 PSNR.
     Parity(parity::BenchParityArgs),
     /// Per-codec encode/decode GB/s and ratio on real-photo content; shard vs one fp32 archive per sample.
@@ -59,5 +62,6 @@ pub fn run(b: Bench) -> anyhow::Result<()> {
         Bench::Loader(a) => loader::run(a),
         Bench::Formats(a) => formats::run(a),
         Bench::Parity(a) => parity::run(a),
+        Bench::Fidelity(a) => fidelity::run(a),
     }
 }

@@ -1,0 +1,241 @@
+//! `srcache bench fidelity`: what lossy cache storage costs the model trained on it. From one input and one
+//! expert set it builds the lossless cache and each compact variant, trains the same fusion model (same seed,
+//! same steps) on each, evaluates every model on the same held-out full images, and prints per variant: bytes
+//! per sample, the ratio against one fp32 `torch.save`-style archive per sample (lr, hr, every sr and full
+//! feature map), loader samples/s, and Δ fused PSNR/SSIM against the lossless run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use srcache_cache::{CacheConfig, ExpertConfig, InputConfig, NoProgress, RunOptions};
+use srcache_experts::{Builtin, ExpertSource, ExpertSpec};
+use srcache_formats::{Codec, DType, Dataset};
+use srcache_trainer::{Loader, LoaderConfig, LoaderPosition};
+use tch::Tensor;
+
+#[derive(Args, Debug)]
+pub struct BenchFidelityArgs {
+    /// Experts as NAME=builtin:KIND or NAME=FILE.pt (repeatable; default: the three built-ins). The real ones:
+    /// scripts/real-experts.sh, then --expert anime=.experts/animevideov3.pt --expert rrdb=.experts/x4plus_anime.pt
+    #[arg(long = "expert")]
+    pub experts: Vec<String>,
+    /// HR photos, chelsea and rocket among them (held out for evaluation). Default: the built-in photos.
+    #[arg(long)]
+    pub photos: Option<PathBuf>,
+    /// Variants to run (default: all): lossless, feat-u8, feat-u8-zstd, sr-u8, pca-999, pca-16, sr-u8+pca-999,
+    /// sr-u8+pca-16, sr-u8+pca-8.
+    #[arg(long = "variant")]
+    pub variants: Vec<String>,
+    /// Fusion training steps per variant.
+    #[arg(long, default_value_t = 600)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 4)]
+    pub scale: u32,
+    /// LR patch side and stride of the caches.
+    #[arg(long, default_value_t = 32)]
+    pub patch: u32,
+    #[arg(long, default_value_t = 16)]
+    pub stride: u32,
+    /// Where to make the scratch folder (default: the system temp dir); removed at the end.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Also write the table as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// A storage setting, applied to every expert of the cache config.
+fn variant(name: &str, e: &mut ExpertConfig) -> Result<()> {
+    for part in name.split('+') {
+        match part {
+            "lossless" => {}
+            "feat-u8" => e.feat_codec = Some(Codec::AffineU8),
+            "feat-u8-zstd" => e.feat_codec = Some(Codec::AFFINE_U8_ZSTD),
+            "sr-u8" => {
+                e.dtype = DType::U8;
+                e.codec = Codec::RESIDUAL_U8;
+                e.feat_dtype = Some(DType::F16);
+            }
+            p if p.starts_with("pca-") => {
+                let mut c = srcache_cache::pca::PcaConfig::default();
+                match &p[4..] {
+                    "999" => c.energy = 0.999,
+                    "99" => c.energy = 0.99,
+                    k => c.k = k.parse().with_context(|| format!("variant {name}: {p} is not pca-<k> or pca-999"))?,
+                }
+                e.feat_pca = Some(c);
+            }
+            other => bail!("unknown variant part {other:?} in {name:?}"),
+        }
+    }
+    Ok(())
+}
+
+const ALL: [&str; 9] = ["lossless", "feat-u8", "feat-u8-zstd", "sr-u8", "pca-999", "pca-16", "sr-u8+pca-999", "sr-u8+pca-16", "sr-u8+pca-8"];
+
+#[derive(serde::Serialize)]
+struct Row {
+    variant: String,
+    samples: u64,
+    bytes_per_sample: f64,
+    ratio_vs_fp32_archive: f64,
+    loader_samples_s: f64,
+    fused_psnr: f64,
+    fused_ssim: f64,
+    delta_psnr: f64,
+    delta_ssim: f64,
+}
+
+/// Mean size of one fp32 `torch.save`-style archive per sample (every tensor of the lossless cache as f32,
+/// u8 images scaled to [0,1], features at all their channels), over the first `n` samples.
+fn archive_bytes(ds: &Dataset, dir: &Path, n: usize) -> Result<f64> {
+    let names: Vec<String> = ds.schema().context("empty dataset")?.tensors.iter().map(|t| t.name.clone()).collect();
+    let n = n.min(ds.len()).max(1);
+    let mut total = 0u64;
+    for g in 0..n {
+        let (s, i) = ds.sample(g)?;
+        let mut named = Vec::new();
+        for (t, name) in names.iter().enumerate() {
+            let v = s.tensor_at(i, t)?;
+            let shape: Vec<i64> = v.spec().shape.iter().map(|&d| d as i64).collect();
+            let mut vals = v.to_f32()?;
+            if v.spec().dtype == DType::U8 {
+                vals.iter_mut().for_each(|x| *x /= 255.0);
+            }
+            named.push((name.replace('/', "_"), Tensor::f_from_slice(&vals)?.f_reshape(shape)?));
+        }
+        let p = dir.join(format!("archive-{g}.pt"));
+        Tensor::save_multi(&named, &p)?;
+        total += std::fs::metadata(&p)?.len();
+    }
+    Ok(total as f64 / n as f64)
+}
+
+/// Samples/s of the default loader (stored dtypes) over the dataset, after a warm-up epoch.
+fn loader_speed(dir: &Path) -> Result<f64> {
+    let ds = Arc::new(Dataset::open(dir)?);
+    let cfg = LoaderConfig { batch_size: 8, workers: 2, ..Default::default() };
+    let mut l = Loader::new(ds.clone(), (0..ds.len()).collect(), &cfg, LoaderPosition::default())?;
+    let per_epoch = (ds.len() / 8).max(1);
+    for _ in 0..per_epoch {
+        l.next_batch()?;
+    }
+    let batches = (2 * per_epoch).max(20);
+    let t0 = Instant::now();
+    for _ in 0..batches {
+        l.next_batch()?;
+    }
+    Ok((batches * 8) as f64 / t0.elapsed().as_secs_f64())
+}
+
+pub fn run(a: BenchFidelityArgs) -> Result<()> {
+    let parent = a.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&parent)?;
+    let scratch = tempfile::Builder::new().prefix("srcache-bench-fidelity-").tempdir_in(&parent)?;
+    let root = scratch.path();
+    let photos = match &a.photos {
+        Some(p) => p.clone(),
+        None => srcache_ingest::photos::extract(&root.join("photos"))?,
+    };
+    let (train, bench) = crate::cmd_demo::prepare_data(&photos, root, a.scale)?;
+    let experts: Vec<(String, ExpertSource)> = if a.experts.is_empty() {
+        Builtin::ALL.iter().map(|b| (b.as_str().to_string(), ExpertSource::Builtin(*b))).collect()
+    } else {
+        a.experts.iter().map(|s| s.parse::<ExpertSpec>().map(|e| (e.name, e.source))).collect::<Result<_, _>>()?
+    };
+    let variants: Vec<String> = if a.variants.is_empty() { ALL.iter().map(|s| s.to_string()).collect() } else { a.variants.clone() };
+    if variants.first().map(String::as_str) != Some("lossless") {
+        bail!("the first variant must be lossless (the reference the others are compared with)");
+    }
+    println!(
+        "bench fidelity: experts {:?}, x{}, patch {} stride {}, {} steps per variant, held out: {}",
+        experts.iter().map(|e| &e.0).collect::<Vec<_>>(),
+        a.scale,
+        a.patch,
+        a.stride,
+        a.steps,
+        bench.display()
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut archive = 0.0;
+    for name in &variants {
+        let t0 = Instant::now();
+        let mut cfg = CacheConfig {
+            input: InputConfig { hr_dir: train.clone(), scale: a.scale, patch: a.patch, stride: a.stride, ..Default::default() },
+            experts: experts
+                .iter()
+                .map(|(n, s)| match s {
+                    ExpertSource::Builtin(b) => ExpertConfig::builtin(n, *b),
+                    ExpertSource::TorchScript(p) => ExpertConfig::torchscript(n, p),
+                })
+                .collect(),
+            out: root.join(format!("cache-{}", name.replace('+', "_"))),
+            devices: "cpu".into(),
+            batch: 16,
+            target_shard_bytes: 64 << 20,
+            ..Default::default()
+        };
+        for e in &mut cfg.experts {
+            variant(name, e)?;
+        }
+        let summary = srcache_cache::run_with(&cfg, &RunOptions::default(), &NoProgress)?;
+        let ds = Dataset::open(&cfg.out)?;
+        if rows.is_empty() {
+            archive = archive_bytes(&ds, root, 16)?;
+        }
+        let bytes_per_sample = summary.bytes as f64 / summary.samples.max(1) as f64;
+        let loader = loader_speed(&cfg.out)?;
+        let run_dir = root.join(format!("run-{}", name.replace('+', "_")));
+        let tcfg = crate::cmd_demo::train_config(a.steps, a.scale, &bench);
+        let ts = srcache_trainer::train(&tcfg, &cfg.out, &run_dir, false, &mut |_| {})?;
+        let full = ts.val_full.first().context("no full-image validation table")?;
+        let (psnr, ssim) = (full.fused().psnr, full.fused().ssim);
+        let (dp, ds_) = rows.first().map(|r| (psnr - r.fused_psnr, ssim - r.fused_ssim)).unwrap_or((0.0, 0.0));
+        let row = Row {
+            variant: name.clone(),
+            samples: summary.samples,
+            bytes_per_sample,
+            ratio_vs_fp32_archive: archive / bytes_per_sample.max(1.0),
+            loader_samples_s: loader,
+            fused_psnr: psnr,
+            fused_ssim: ssim,
+            delta_psnr: dp,
+            delta_ssim: ds_,
+        };
+        println!(
+            "{:<16} {:>9.1} KiB/sample {:>6.2}x vs fp32 archive  loader {:>7.1} samples/s  fused {:.3} dB / {:.4}  Δ {:+.3} dB / {:+.4}  ({:.0}s)",
+            row.variant,
+            row.bytes_per_sample / 1024.0,
+            row.ratio_vs_fp32_archive,
+            row.loader_samples_s,
+            row.fused_psnr,
+            row.fused_ssim,
+            row.delta_psnr,
+            row.delta_ssim,
+            t0.elapsed().as_secs_f64()
+        );
+        rows.push(row);
+    }
+    println!("fp32 archive per sample: {:.1} KiB", archive / 1024.0);
+    let best5 = rows
+        .iter()
+        .filter(|r| r.ratio_vs_fp32_archive >= 5.0 && r.delta_psnr >= -0.02)
+        .max_by(|x, y| x.ratio_vs_fp32_archive.total_cmp(&y.ratio_vs_fp32_archive));
+    let best8 = rows.iter().filter(|r| r.ratio_vs_fp32_archive >= 8.0).max_by(|x, y| x.delta_psnr.total_cmp(&y.delta_psnr));
+    match best5 {
+        Some(r) => println!("goal (>= 5x at <= 0.02 dB): met by {} ({:.2}x, {:+.3} dB)", r.variant, r.ratio_vs_fp32_archive, r.delta_psnr),
+        None => println!("goal (>= 5x at <= 0.02 dB): not met by any variant"),
+    }
+    if let Some(r) = best8 {
+        println!(">= 8x: best is {} ({:.2}x, {:+.3} dB)", r.variant, r.ratio_vs_fp32_archive, r.delta_psnr);
+    }
+    if let Some(p) = &a.json {
+        let j = serde_json::json!({"experts": experts.iter().map(|e| format!("{}={}", e.0, e.1)).collect::<Vec<_>>(), "steps": a.steps,
+            "patch": a.patch, "stride": a.stride, "scale": a.scale, "fp32_archive_bytes_per_sample": archive, "variants": rows});
+        srcache_formats::write_atomic(p, &serde_json::to_vec_pretty(&j)?)?;
+    }
+    Ok(())
+}
