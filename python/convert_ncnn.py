@@ -53,6 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_archs  # noqa: E402  (the RRDB architecture, defined once)
+
 MAGIC = 7767517
 TAG_FP16 = 0x01306B47
 TAG_BF16 = 0x01348B83
@@ -315,51 +318,14 @@ class SRVGGNetCompact(nn.Module):
         return sr, feat
 
 
-class ResidualDenseBlock(nn.Module):
-    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32):
-        super().__init__()
-        self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
-        self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
-        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
-        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
-        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
-        self.lrelu = nn.LeakyReLU(negative_slope=0.2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x1 = self.lrelu(self.conv1(x))
-        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
-        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
-        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
-        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
-        return x5 * 0.2 + x
-
-
-class RRDB(nn.Module):
-    def __init__(self, num_feat: int, num_grow_ch: int = 32):
-        super().__init__()
-        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
-        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
-        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.rdb3(self.rdb2(self.rdb1(x)))
-        return out * 0.2 + x
-
-
-class RRDBNet(nn.Module):
-    """ESRGAN / Real-ESRGAN x4 generator (basicsr/archs/rrdbnet_arch.py layout and state-dict names)."""
+class RRDBNet(gpu_archs.RRDBNet):
+    """ESRGAN / Real-ESRGAN x4 generator (basicsr/archs/rrdbnet_arch.py layout and state-dict names): the one
+    definition in gpu_archs.py, plus the ncnn graph signature it must match."""
 
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 23,
                  num_grow_ch: int = 32):
-        super().__init__()
-        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
-        self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
-        self.lrelu = nn.LeakyReLU(negative_slope=0.2)
+        super().__init__(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=4, num_feat=num_feat, num_block=num_block,
+                         num_grow_ch=num_grow_ch)
 
     @staticmethod
     def ncnn_signature(num_in_ch, num_out_ch, num_feat, num_block, num_grow_ch):
@@ -378,14 +344,6 @@ class RRDBNet(nn.Module):
 
     def weighted_modules(self):
         return [m for m in self.modules() if isinstance(m, nn.Conv2d)]  # registration order = ncnn order
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        feat = self.conv_first(x)
-        feat = feat + self.conv_body(self.body(feat))
-        out = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
-        out = self.lrelu(self.conv_up2(F.interpolate(out, scale_factor=2.0, mode="nearest")))
-        out = self.conv_last(self.lrelu(self.conv_hr(out)))
-        return out, feat
 
 
 # ------------------------------------------------------------------------------------------- conversion

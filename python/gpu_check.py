@@ -223,15 +223,20 @@ def main():
         cmd = [args.bin, "cache", "--config", cfg_path, "--out", out, "--quiet", "--batch", "2", "--shard-mb", "1",
                "--devices", args.device]
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t0 = time.time()
-        while time.time() - t0 < 300 and p.poll() is None:
-            if any(n.startswith("shard-") and n.endswith(".srs") for n in os.listdir(out) if os.path.isdir(out)):
-                break
-            time.sleep(0.02)
-        killed = p.poll() is None
-        if killed:
-            p.send_signal(signal.SIGKILL)
-        p.wait()
+        killed = False
+        try:
+            t0 = time.time()
+            while time.time() - t0 < 300 and p.poll() is None:
+                names = os.listdir(out) if os.path.isdir(out) else []
+                if any(n.startswith("shard-") and n.endswith(".srs") for n in names):
+                    break
+                time.sleep(0.02)
+            killed = p.poll() is None
+        finally:
+            # Whatever happened above, never leave the child running.
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.wait()
         rerun = cache(out, "--devices", args.device)
         c.figures = {"killed_mid_run": killed, "resumed": "resumed" in rerun.stdout or "written" in rerun.stdout}
         d = r.srcache("diff", one, out, check=False)

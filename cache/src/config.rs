@@ -190,7 +190,7 @@ impl Default for CacheConfig {
 impl CacheConfig {
     pub fn from_toml_file(path: &Path) -> Result<CacheConfig> {
         let text = std::fs::read_to_string(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
-        toml::from_str(&text).map_err(|e| CacheError::ConfigFile { path: path.to_path_buf(), what: e.to_string() })
+        toml::from_str(&text).map_err(|e| CacheError::ConfigFile { path: path.to_path_buf(), what: srcache_experts::toml_error(&text, &e) })
     }
 
     pub fn to_toml(&self) -> Result<String> {

@@ -163,10 +163,13 @@ pub fn run_with(cfg: &CacheConfig, opts: &RunOptions, progress: &dyn Progress) -
         // The root of a partitioned cache holds only `parts/` and, after `srcache merge`, its manifest.
         srcache_formats::check_output_dir(&cfg.out, &[config::PCA_FILE])?;
     }
+    // Inputs are checked before anything is written: a refused patch size leaves no directory behind.
+    let report = source::scan(&cfg.input)?;
+    source::check_inputs(&cfg.input, &report)?;
     output::claim(&dir, opts.force)?;
     let _lock = output::DirLock::acquire(&dir)?;
+    output::forget_unstarted(&dir)?;
     output::check_or_save_config(cfg, &dir)?;
-    let report = source::scan(&cfg.input)?;
     output::check_or_save_inputs(&dir, &srcache_ingest::InputList::of(&report.images, &source::ingest_config(&cfg.input).scan))?;
     if let Some(mut s) = output::read_done(&dir)? {
         s.no_op = true;
@@ -174,7 +177,6 @@ pub fn run_with(cfg: &CacheConfig, opts: &RunOptions, progress: &dyn Progress) -
         s.wall_s = t_start.elapsed().as_secs_f64();
         return Ok(s);
     }
-    source::check_inputs(&cfg.input, &report)?;
 
     // Load every expert on its devices first: a bad file, a wrong shape or scale fails here, before work.
     let (groups, broadcast) = plan_groups(cfg)?;

@@ -61,6 +61,25 @@ pub fn remove_cache(dir: &Path) -> Result<()> {
     std::fs::remove_dir(dir).map_err(io(dir))
 }
 
+/// A directory that holds only a run's records and no sample (a run that failed before its first shard, e.g.
+/// on a bad expert file) is not a cache yet: its records are dropped so the corrected command starts afresh
+/// instead of being refused as "a different config".
+pub fn forget_unstarted(dir: &Path) -> Result<()> {
+    let mut records = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let name = entry.map_err(io(dir))?.file_name();
+        match SIDECARS.iter().find(|s| name == **s) {
+            Some(&LOCK_FILE) => {}
+            Some(s) => records.push(dir.join(s)),
+            None => return Ok(()),
+        }
+    }
+    for p in records {
+        std::fs::remove_file(&p).map_err(io(&p))?;
+    }
+    Ok(())
+}
+
 /// Checks the saved `cache.toml` (if any) against `cfg`; writes it if absent.
 pub fn check_or_save_config(cfg: &CacheConfig, dir: &Path) -> Result<()> {
     let path = dir.join(CONFIG_FILE);
@@ -128,12 +147,12 @@ pub fn read_done(dir: &Path) -> Result<Option<CacheSummary>> {
         serde_json::from_str(&text).map_err(|e| CacheError::ConfigFile { path: path.clone(), what: format!("not a cache summary: {e}") })?;
     let refuse = |why: String| CacheError::Refused {
         out: dir.to_path_buf(),
-        what: format!("{DONE_FILE} says this cache is complete, but {why}; run `srcache verify`, or --force to rebuild it"),
+        what: format!("{DONE_FILE} says this cache is complete, but {why}; --force rebuilds it"),
     };
     let ds = Dataset::open(dir).map_err(|e| refuse(format!("the dataset does not open ({})", srcache_formats::error_chain(&e))))?;
     if ds.len() as u64 != summary.samples || ds.shards().len() as u64 != summary.shards {
         return Err(refuse(format!(
-            "it holds {} samples in {} shards, the summary recorded {} in {}",
+            "it holds {} samples in {} shards, the summary recorded {} in {} (`srcache verify` checks it)",
             ds.len(),
             ds.shards().len(),
             summary.samples,

@@ -43,6 +43,21 @@ impl From<tch::TchError> for TorchFailure {
     }
 }
 
+/// A TOML parse or schema error on one line: `line L, column C: <message>` (the toml crate's own text draws the
+/// offending line over several lines, which does not fit an `error: ...` line).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match e.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+            let col = 1 + before.iter().rev().take_while(|&&b| b != b'\n').count();
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
 /// Strips libtorch's C++ frames and TorchScript tracebacks, keeping the error line(s).
 pub fn summarize(text: &str) -> String {
     let text = text.trim();

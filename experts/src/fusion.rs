@@ -41,9 +41,10 @@ impl FusionSpec {
         struct Run {
             model: FusionSpec,
         }
-        toml::from_str::<Run>(&text)
-            .map(|r| r.model)
-            .map_err(|e| ExpertError::Fusion { path: cfg, what: format!("no [model] experts/feat_channels/use_feats/scale: {e}") })
+        toml::from_str::<Run>(&text).map(|r| r.model).map_err(|e| ExpertError::Fusion {
+            path: cfg,
+            what: format!("no [model] experts/feat_channels/use_feats/scale: {}", crate::toml_error(&text, &e)),
+        })
     }
 }
 

@@ -23,7 +23,7 @@ pub mod stack;
 pub mod tiling;
 
 pub use device::{device_name, parse_device, parse_devices};
-pub use error::{summarize, torch, ExpertError, Result, TorchFailure};
+pub use error::{summarize, toml_error, torch, ExpertError, Result, TorchFailure};
 pub use expert::{Expert, Probe};
 pub use fusion::{Fuser, FusionModule, FusionSpec};
 pub use source::{check_name, sources_from_dataset, Builtin, ExpertSource, ExpertSpec};

@@ -156,12 +156,21 @@ impl Schema {
         v
     }
 
-    /// Checks the SR layout of a schema that uses the SR names: `lr` [3,p,p] u8, `hr` [3,s·p,s·p] u8, every
-    /// `sr/<e>` [3,s·p,s·p], every `feat/<e>` [C,h',w'] with the LR patch's aspect and whole pixels per LR
-    /// pixel (or a whole fraction), and `scale`/`patch` attrs that agree with the shapes. A schema without
-    /// both `lr` and `hr` is not an SR dataset and passes (generic shards are allowed by the container).
-    /// Every `feat/<e>/pca` attr must be a valid [`PcaBasis`] for an existing `feat/<e>` [k, h', w'] of a float
-    /// dtype, k being the basis' coefficient count — checked whether or not the schema is an SR one.
+    /// The upscaling factor the shapes say: hr side / lr side, when both exist and divide (None otherwise).
+    /// What a consumer should trust over the `scale` attr (which [`Schema::check_sr_layout`] checks against it).
+    pub fn sr_scale(&self) -> Option<u32> {
+        let side = |name: &str| self.tensors.iter().find(|t| t.name == name).and_then(|t| t.shape.get(1).copied());
+        let (p, hp) = (side("lr")?, side("hr")?);
+        (p > 0 && hp >= p && hp % p == 0).then(|| u32::try_from(hp / p).ok()).flatten()
+    }
+
+    /// Checks the SR layout of a schema that uses the SR names: `lr` [3,p,p] u8, `hr` [3,s·p,s·p] u8 with s ≥ 1,
+    /// every `sr/<e>` [3,s·p,s·p], every `feat/<e>` [C,h',w'] (C, h' ≥ 1) with the LR patch's aspect and whole
+    /// pixels per LR pixel (or a whole fraction), no malformed `sr/…` or `feat/…` name (`sr/a/b`, `sr/`), and
+    /// `scale`/`patch` attrs that are numbers agreeing with the shapes. A schema without `lr` and `hr` is not an
+    /// SR dataset and passes (generic shards are allowed by the container), as long as it uses no SR-looking
+    /// name wrongly. Every `feat/<e>/pca` attr must be a valid [`PcaBasis`] for an existing `feat/<e>` [k, h', w']
+    /// of a float dtype, k being the basis' coefficient count — checked whether or not the schema is an SR one.
     pub fn check_sr_layout(&self) -> Result<(), String> {
         for key in self.attrs.keys() {
             let Some(e) = attr::pca_expert(key) else { continue };
@@ -179,10 +188,24 @@ impl Schema {
                 return Err(format!("{name} has shape {:?} but its PCA basis has k = {} coefficient channels ([k, h, w])", t.shape, basis.k));
             }
         }
+        for t in &self.tensors {
+            let sr_like = t.name.starts_with(TensorName::SR_PREFIX) || t.name.starts_with(TensorName::FEAT_PREFIX);
+            if sr_like && t.name.parse::<TensorName>().is_err() {
+                return Err(format!("tensor name {:?} is not sr/<expert> or feat/<expert> (an expert name has no '/')", t.name));
+            }
+        }
+        for key in [attr::SCALE, attr::PATCH] {
+            if let Some(v) = self.attr(key).filter(|v| v.parse::<u32>().is_err()) {
+                return Err(format!("attr {key} = {v:?} is not a whole number"));
+            }
+        }
         let Some(lr) = self.tensors.iter().find(|t| t.name == "lr") else { return Ok(()) };
         let [c, p, pw] = lr.shape[..] else { return Err(format!("lr has shape {:?}, expected [3, p, p]", lr.shape)) };
         if c != 3 || p != pw || p == 0 {
             return Err(format!("lr has shape {:?}, expected [3, p, p]", lr.shape));
+        }
+        if lr.dtype != crate::DType::U8 {
+            return Err(format!("lr has dtype {}, expected u8", lr.dtype));
         }
         if let Some(a) = self.patch() {
             if a as usize != p {
@@ -191,8 +214,11 @@ impl Schema {
         }
         let Some(hr) = self.tensors.iter().find(|t| t.name == "hr") else { return Ok(()) };
         let [3, hp, hpw] = hr.shape[..] else { return Err(format!("hr has shape {:?}, expected [3, s·p, s·p]", hr.shape)) };
-        if hp != hpw || hp % p != 0 {
-            return Err(format!("hr has shape {:?}: not a whole multiple of lr {p}x{p}", hr.shape));
+        if hp != hpw || hp < p || hp % p != 0 {
+            return Err(format!("hr has shape {:?}: not a whole multiple (s ≥ 1) of lr {p}x{p}", hr.shape));
+        }
+        if hr.dtype != crate::DType::U8 {
+            return Err(format!("hr has dtype {}, expected u8", hr.dtype));
         }
         let s = hp / p;
         if let Some(a) = self.scale() {
@@ -206,10 +232,10 @@ impl Schema {
                     return Err(format!("{} has shape {:?}, expected [3, {hp}, {hp}]", t.name, t.shape));
                 }
                 Ok(TensorName::Feat(_)) => {
-                    let [_, fh, fw] = t.shape[..] else { return Err(format!("{} has shape {:?}, expected [C, h, w]", t.name, t.shape)) };
-                    let whole = fh % p == 0 || p % fh == 0;
-                    if fh != fw || !whole {
-                        return Err(format!("{} has shape {:?}: not square with a whole ratio to lr {p}x{p}", t.name, t.shape));
+                    let [fc, fh, fw] = t.shape[..] else { return Err(format!("{} has shape {:?}, expected [C, h, w]", t.name, t.shape)) };
+                    let whole = fh > 0 && (fh % p == 0 || p % fh == 0);
+                    if fc == 0 || fh != fw || !whole {
+                        return Err(format!("{} has shape {:?}: not C ≥ 1 channels, square, with a whole ratio to lr {p}x{p}", t.name, t.shape));
                     }
                 }
                 _ => {}

@@ -91,3 +91,17 @@ fn demo_then_verify_eval_and_infer() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/expert.pt"));
 }
+
+/// An installed or copied binary finds the demo's photos (they are built in), from any working directory.
+#[test]
+fn a_copied_binary_runs_the_demo_from_another_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("bin/srcache");
+    std::fs::create_dir_all(bin.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(srcache_bin(), &bin).expect("copy binary");
+    let work = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let out = Command::new(&bin).args(["demo", "--out", "d", "--steps", "2"]).current_dir(&work).output().expect("run copied binary");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(work.join("d/photos/chelsea.png").exists() && work.join("d/report/table.json").exists());
+}

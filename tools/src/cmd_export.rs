@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use srcache_formats::export::{write_manifest_csv, write_npz, write_safetensors};
-use srcache_formats::{Manifest, Shard};
+use srcache_formats::Manifest;
 
-use crate::cmd_inspect::{find_sample, shard_paths};
+use crate::cmd_inspect::{find_sample, open_checked, shard_paths};
 
 /// Export one sample or a whole shard to .npz / .safetensors, or the manifest to CSV.
 ///
@@ -76,7 +76,7 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             let n = args.shard.unwrap_or_default();
             let path = shard_file(&args.dir, n)?;
-            let shard = Shard::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let shard = open_checked(&path)?;
             let all = (0..shard.len()).collect();
             (shard, all)
         };

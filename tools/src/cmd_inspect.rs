@@ -69,15 +69,22 @@ pub(crate) fn shard_paths(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(layout.shards.into_iter().map(|(_, p)| p).collect())
 }
 
+/// Opens a shard whose schema must be a consistent SR layout (or a generic, non-SR one): what every command
+/// that reads tensors by their SR meaning needs, so a crafted shape never reaches their indexing.
+pub(crate) fn open_checked(p: &Path) -> Result<Shard> {
+    let shard = Shard::open(p).with_context(|| format!("opening {}", p.display()))?;
+    if let Err(why) = shard.schema().check_sr_layout() {
+        bail!("{}: inconsistent schema: {why} (run `srcache verify`)", p.display());
+    }
+    Ok(shard)
+}
+
 /// The sample with id `id`: through the dataset when it opens, else by scanning shard indexes (so a damaged
 /// manifest does not hide samples from `dump` and `export`). Its schema must be a consistent SR layout.
 pub(crate) fn find_sample(dir: &Path, id: &str) -> Result<(Shard, usize)> {
     for p in shard_paths(dir)? {
-        let shard = Shard::open(&p).with_context(|| format!("opening {}", p.display()))?;
+        let shard = open_checked(&p)?;
         if let Some(i) = shard.metas().iter().position(|m| m.id == id) {
-            if let Err(why) = shard.schema().check_sr_layout() {
-                bail!("{}: inconsistent schema: {why} (run `srcache verify`)", p.display());
-            }
             return Ok((shard, i));
         }
     }
@@ -92,7 +99,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut samples = 0;
     let mut attrs = Default::default();
     for p in &paths {
-        let shard = Shard::open(p).with_context(|| format!("opening {}", p.display()))?;
+        let shard = open_checked(p)?;
         match &first_schema {
             None => {
                 first_schema = Some(shard.schema().clone());

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use srcache_formats::{Manifest, Shard, MANIFEST_FILE};
 
-use crate::cmd_inspect::shard_paths;
+use crate::cmd_inspect::{open_checked, shard_paths};
 use srcache_trainer::plot::{self as render, Canvas, HistPanel};
 
 /// Per-expert PSNR distribution from the manifest (mean, p5, p50, p95, and how often each expert is the
@@ -66,7 +66,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn value_ranges(args: &Args) -> Result<()> {
-    let shards: Vec<Shard> = shard_paths(&args.dir)?.iter().map(|p| Shard::open(p)).collect::<Result<_, _>>()?;
+    let shards: Vec<Shard> = shard_paths(&args.dir)?.iter().map(|p| open_checked(p)).collect::<Result<_>>()?;
     let total: usize = shards.iter().map(Shard::len).sum();
     let want = args.samples.clamp(1, total.max(1));
     let Some(schema) = shards.first().map(|s| s.schema().clone()) else { return Ok(()) };

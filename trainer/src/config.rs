@@ -251,6 +251,7 @@ impl TrainConfig {
     /// Reads a TOML training config; unknown keys (typos such as `learning_rate`) are errors naming the key.
     pub fn from_toml_file(path: &std::path::Path) -> crate::Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(crate::error::io_err(path))?;
-        toml::from_str(&text).map_err(|e| crate::TrainerError::Config { what: path.display().to_string(), why: e.to_string() })
+        toml::from_str(&text)
+            .map_err(|e| crate::TrainerError::Config { what: path.display().to_string(), why: srcache_experts::toml_error(&text, &e) })
     }
 }

@@ -255,8 +255,9 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     // the same way, and the export folds the basis into the model.
     let schema = ds.schema().cloned().unwrap_or_default();
     cfg.model.feat_pca = cfg.model.experts.iter().map(|e| schema.pca(e).transpose()).collect::<std::result::Result<_, _>>()?;
-    let scale = ds.schema().and_then(|s| s.attrs.get("scale")).and_then(|v| v.parse().ok());
-    if let Some(s) = scale {
+    // The shapes define the scale (Dataset::open checked that a `scale` attr agrees with them); the attr is only
+    // a fallback for a dataset without both lr and hr, which the loader refuses anyway.
+    if let Some(s) = ds.schema().and_then(|s| s.sr_scale().or_else(|| s.scale())) {
         cfg.model.scale = s;
     }
     let cfg_text = toml::to_string(&cfg).map_err(|e| TrainerError::Config { what: "train config".into(), why: e.to_string() })?;
