@@ -13,41 +13,10 @@ mod ingest_common;
 mod reliability_common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ingest_common::{s, small_photos, srcache};
-use reliability_common::{cache_args, env_num, refs, small_cache, train_toml, Rng};
-use srcache_tests::srcache_bin;
-
-/// Runs `args` to completion, killing it at (k units of `progress`, then `delay`); true when it was killed,
-/// false when it finished first.
-fn run_and_kill(args: &[String], progress: &dyn Fn() -> u64, k: u64, delay: Duration, limit: Duration) -> bool {
-    let mut child = Command::new(srcache_bin())
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + limit;
-    while progress() < k {
-        if child.try_wait().expect("wait").is_some() {
-            return false;
-        }
-        assert!(Instant::now() < deadline, "HANG: the run never reached progress {k}");
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    std::thread::sleep(delay);
-    if child.try_wait().expect("wait").is_some() {
-        return false;
-    }
-    child.kill().expect("SIGKILL");
-    let status = child.wait().expect("wait");
-    assert!(status.code().is_none(), "killed run reported {status:?}");
-    true
-}
+use reliability_common::{cache_args, complete_shards, env_num, refs, run_and_kill, small_cache, train_toml, Rng};
 
 /// The seeded kill loop shared by both commands: `points` kills of `args` into `out`, each followed by
 /// `rerun` and `check` (which compares with the uninterrupted run). Prints and returns the kill count.
@@ -83,12 +52,6 @@ fn kill_loop(
     println!("kill {what}: {kills} kills, {kills} survived ({} runs finished before their kill point)", tries - kills);
 }
 
-fn shards(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("shard-") && n.ends_with(".srs"))).count())
-        .unwrap_or(0) as u64
-}
-
 /// Checkpoint steps saved so far (the step `ckpt/latest` names).
 fn checkpoints(run: &Path) -> u64 {
     let latest = std::fs::read_to_string(run.join("ckpt/latest")).unwrap_or_default();
@@ -111,7 +74,7 @@ fn killed_cache_reruns_to_the_uninterrupted_cache() {
     let t = Instant::now();
     ok(&args(&reference), "reference cache");
     let full = t.elapsed();
-    let units = shards(&reference);
+    let units = complete_shards(&reference) as u64;
     assert!(units >= 4, "want a multi-shard cache, got {units} shard(s)");
     // The cache's content: everything but the lock, the timing summary and the config (which names its folder).
     let content = |dir: &Path| -> Vec<(String, Vec<u8>)> {
@@ -124,7 +87,7 @@ fn killed_cache_reruns_to_the_uninterrupted_cache() {
         "cache",
         &args(&out),
         &out,
-        &|| shards(&out),
+        &|| complete_shards(&out) as u64,
         (units, full / units as u32, full),
         &|| ok(&args(&out), "cache rerun after a kill"),
         &|what| {

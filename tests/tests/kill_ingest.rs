@@ -10,40 +10,13 @@
 //! `SRCACHE_KILL_POINTS=200` runs more (default 12). Ends with `kill ingest: N kills, N survived`.
 
 mod ingest_common;
+mod reliability_common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ingest_common::{assert_same_dataset, s, small_photos, srcache};
-use srcache_tests::srcache_bin;
-
-/// splitmix64: a seeded sequence without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn complete_shards(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("shard-") && n.ends_with(".srs"))).count())
-        .unwrap_or(0)
-}
+use reliability_common::{complete_shards, env_num, run_and_kill, Rng};
 
 #[test]
 fn killed_ingest_reruns_to_the_uninterrupted_dataset() {
@@ -102,38 +75,13 @@ fn killed_ingest_reruns_to_the_uninterrupted_dataset() {
             0 => Duration::from_micros(rng.below(full_run.as_micros() as u64)),
             _ => Duration::from_micros(rng.below(4_000)),
         };
-        let mut child = Command::new(srcache_bin())
-            .args(args(&out))
-            .env_remove("RUST_BACKTRACE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        let deadline = Instant::now() + full_run * 10 + Duration::from_secs(30);
-        let mut finished = false;
-        while complete_shards(&out) < k {
-            if child.try_wait().expect("wait").is_some() {
-                finished = true;
-                break;
-            }
-            assert!(Instant::now() < deadline, "HANG: the run never reached shard {k}");
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        if !finished {
-            std::thread::sleep(delay);
-            finished = child.try_wait().expect("wait").is_some();
-        }
-        if finished {
+        let limit = full_run * 10 + Duration::from_secs(30);
+        if !run_and_kill(&args(&out), &|| complete_shards(&out) as u64, k as u64, delay, limit) {
             // It completed before the kill point: not a kill. Start the next point from scratch.
-            let _ = child.wait();
             std::fs::remove_dir_all(&out).expect("rm out");
             continue;
         }
-        child.kill().expect("SIGKILL");
-        let status = child.wait().expect("wait");
         at_kill[complete_shards(&out).min(shards)] += 1;
-        assert!(status.code().is_none(), "killed run reported exit {status:?}");
         kills += 1;
         // The same command again must finish the dataset exactly.
         let r = run(&out);

@@ -1,5 +1,5 @@
-//! Helpers of the reliability tests past ingest (issue #15: `hostile_cache`, `hostile_train`, `crafted_shards`,
-//! `truncated_shard`, `kill_cache`, `kill_train`): a tally of cases, panics and hangs; the one-line error rule;
+//! Helpers of the reliability tests (issue #15: `hostile_cache_train`, `crafted_shards`, `kill_cache_train`,
+//! `kill_ingest`): a tally of cases, panics and hangs; the one-line error rule;
 //! a seeded generator; small caches and training configs on real photos; and a builder of shard bytes straight
 //! from FORMAT.md (valid checksums around hostile content).
 //!
@@ -8,7 +8,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ingest_common::{s, small_photos, srcache_timed, Run};
 
@@ -27,6 +27,42 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
+}
+
+/// Finished shard files in `dir` (a shard appears under its final name only once complete).
+pub fn complete_shards(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("shard-") && n.ends_with(".srs"))).count())
+        .unwrap_or(0)
+}
+
+/// Runs `args` to completion, killing it at (k units of `progress`, then `delay`); true when it was killed,
+/// false when it finished first.
+pub fn run_and_kill(args: &[String], progress: &dyn Fn() -> u64, k: u64, delay: Duration, limit: Duration) -> bool {
+    let mut child = std::process::Command::new(srcache_tests::srcache_bin())
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + limit;
+    while progress() < k {
+        if child.try_wait().expect("wait").is_some() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "HANG: the run never reached progress {k}");
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    std::thread::sleep(delay);
+    if child.try_wait().expect("wait").is_some() {
+        return false;
+    }
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    assert!(status.code().is_none(), "killed run reported {status:?}");
+    true
 }
 
 pub fn env_num(name: &str, default: u64) -> u64 {
