@@ -83,6 +83,7 @@ struct Row {
     bytes_per_sample: f64,
     ratio_vs_fp32_archive: f64,
     loader_samples_s: f64,
+    loader_vs_archive: f64,
     fused_psnr: f64,
     fused_ssim: f64,
     delta_psnr: f64,
@@ -91,10 +92,11 @@ struct Row {
 
 /// Mean size of one fp32 `torch.save`-style archive per sample (every tensor of the lossless cache as f32,
 /// u8 images scaled to [0,1], features at all their channels), over the first `n` samples.
-fn archive_bytes(ds: &Dataset, dir: &Path, n: usize) -> Result<f64> {
+fn archive_bytes(ds: &Dataset, dir: &Path, n: usize) -> Result<(f64, Vec<PathBuf>)> {
     let names: Vec<String> = ds.schema().context("empty dataset")?.tensors.iter().map(|t| t.name.clone()).collect();
     let n = n.min(ds.len()).max(1);
     let mut total = 0u64;
+    let mut paths = Vec::with_capacity(n);
     for g in 0..n {
         let (s, i) = ds.sample(g)?;
         let mut named = Vec::new();
@@ -110,25 +112,53 @@ fn archive_bytes(ds: &Dataset, dir: &Path, n: usize) -> Result<f64> {
         let p = dir.join(format!("archive-{g}.pt"));
         Tensor::save_multi(&named, &p)?;
         total += std::fs::metadata(&p)?.len();
+        paths.push(p);
     }
-    Ok(total as f64 / n as f64)
+    Ok((total as f64 / n as f64, paths))
+}
+
+/// Batches of 8 from 2 workers, as `bench loader` times both sides; torch single-threaded meanwhile (as in
+/// PyTorch's DataLoader workers), so neither side's intra-op threads steal the cores from the workers.
+const LOADER: (usize, usize) = (8, 2);
+
+/// Samples/s of the `bench loader` baseline (one fp32 archive per sample, `Tensor::load_multi`, the same flips
+/// and stacking) over the archives of the lossless cache: what each variant's loader speed is compared with.
+fn archive_loader_speed(archives: &[PathBuf], batches: usize) -> Result<f64> {
+    let cfg = super::loader_lib::LoaderBenchConfig { batch_size: LOADER.0, workers: LOADER.1, crop: None, ..Default::default() };
+    let threads = tch::get_num_threads();
+    tch::set_num_threads(1);
+    let run = || -> Result<f64> {
+        super::loader_lib::baseline(archives, &cfg, 2)?;
+        let (t, _) = super::loader_lib::baseline(archives, &cfg, batches)?;
+        Ok((batches * LOADER.0) as f64 / t)
+    };
+    let r = run();
+    tch::set_num_threads(threads);
+    r
 }
 
 /// Samples/s of the default loader (stored dtypes) over the dataset, after a warm-up epoch.
-fn loader_speed(dir: &Path) -> Result<f64> {
+fn loader_speed(dir: &Path) -> Result<(f64, usize)> {
     let ds = Arc::new(Dataset::open(dir)?);
-    let cfg = LoaderConfig { batch_size: 8, workers: 2, ..Default::default() };
-    let mut l = Loader::new(ds.clone(), (0..ds.len()).collect(), &cfg, LoaderPosition::default())?;
-    let per_epoch = (ds.len() / 8).max(1);
-    for _ in 0..per_epoch {
-        l.next_batch()?;
-    }
-    let batches = (2 * per_epoch).max(20);
-    let t0 = Instant::now();
-    for _ in 0..batches {
-        l.next_batch()?;
-    }
-    Ok((batches * 8) as f64 / t0.elapsed().as_secs_f64())
+    let cfg = LoaderConfig { batch_size: LOADER.0, workers: LOADER.1, ..Default::default() };
+    let threads = tch::get_num_threads();
+    tch::set_num_threads(1);
+    let run = || -> Result<(f64, usize)> {
+        let mut l = Loader::new(ds.clone(), (0..ds.len()).collect(), &cfg, LoaderPosition::default())?;
+        let per_epoch = (ds.len() / LOADER.0).max(1);
+        for _ in 0..per_epoch {
+            l.next_batch()?;
+        }
+        let batches = (2 * per_epoch).max(20);
+        let t0 = Instant::now();
+        for _ in 0..batches {
+            l.next_batch()?;
+        }
+        Ok(((batches * LOADER.0) as f64 / t0.elapsed().as_secs_f64(), batches))
+    };
+    let r = run();
+    tch::set_num_threads(threads);
+    r
 }
 
 pub fn run(a: BenchFidelityArgs) -> Result<()> {
@@ -160,7 +190,7 @@ pub fn run(a: BenchFidelityArgs) -> Result<()> {
         bench.display()
     );
     let mut rows: Vec<Row> = Vec::new();
-    let mut archive = 0.0;
+    let (mut archive, mut archive_sps) = (0.0, 0.0);
     for name in &variants {
         let t0 = Instant::now();
         let mut cfg = CacheConfig {
@@ -183,11 +213,14 @@ pub fn run(a: BenchFidelityArgs) -> Result<()> {
         }
         let summary = srcache_cache::run_with(&cfg, &RunOptions::default(), &NoProgress)?;
         let ds = Dataset::open(&cfg.out)?;
-        if rows.is_empty() {
-            archive = archive_bytes(&ds, root, 16)?;
-        }
         let bytes_per_sample = summary.bytes as f64 / summary.samples.max(1) as f64;
-        let loader = loader_speed(&cfg.out)?;
+        let (loader, batches) = loader_speed(&cfg.out)?;
+        if rows.is_empty() {
+            let archives;
+            (archive, archives) = archive_bytes(&ds, root, 16)?;
+            archive_sps = archive_loader_speed(&archives, batches)?;
+            println!("fp32 archive per sample: {:.1} KiB, its loader (the baseline): {archive_sps:.1} samples/s", archive / 1024.0);
+        }
         let run_dir = root.join(format!("run-{}", name.replace('+', "_")));
         let tcfg = crate::cmd_demo::train_config(a.steps, a.scale, &bench);
         let ts = srcache_trainer::train(&tcfg, &cfg.out, &run_dir, false, &mut |_| {})?;
@@ -200,17 +233,19 @@ pub fn run(a: BenchFidelityArgs) -> Result<()> {
             bytes_per_sample,
             ratio_vs_fp32_archive: archive / bytes_per_sample.max(1.0),
             loader_samples_s: loader,
+            loader_vs_archive: loader / archive_sps.max(1e-9),
             fused_psnr: psnr,
             fused_ssim: ssim,
             delta_psnr: dp,
             delta_ssim: ds_,
         };
         println!(
-            "{:<16} {:>9.1} KiB/sample {:>6.2}x vs fp32 archive  loader {:>7.1} samples/s  fused {:.3} dB / {:.4}  Δ {:+.3} dB / {:+.4}  ({:.0}s)",
+            "{:<16} {:>9.1} KiB/sample {:>6.2}x vs fp32 archive  loader {:>7.1} samples/s ({:.1}x)  fused {:.3} dB / {:.4}  Δ {:+.3} dB / {:+.4}  ({:.0}s)",
             row.variant,
             row.bytes_per_sample / 1024.0,
             row.ratio_vs_fp32_archive,
             row.loader_samples_s,
+            row.loader_vs_archive,
             row.fused_psnr,
             row.fused_ssim,
             row.delta_psnr,
@@ -219,7 +254,6 @@ pub fn run(a: BenchFidelityArgs) -> Result<()> {
         );
         rows.push(row);
     }
-    println!("fp32 archive per sample: {:.1} KiB", archive / 1024.0);
     let best5 = rows
         .iter()
         .filter(|r| r.ratio_vs_fp32_archive >= 5.0 && r.delta_psnr >= -0.02)
@@ -234,7 +268,7 @@ pub fn run(a: BenchFidelityArgs) -> Result<()> {
     }
     if let Some(p) = &a.json {
         let j = serde_json::json!({"experts": experts.iter().map(|e| format!("{}={}", e.0, e.1)).collect::<Vec<_>>(), "steps": a.steps,
-            "patch": a.patch, "stride": a.stride, "scale": a.scale, "fp32_archive_bytes_per_sample": archive, "variants": rows});
+            "patch": a.patch, "stride": a.stride, "scale": a.scale, "fp32_archive_bytes_per_sample": archive, "fp32_archive_loader_samples_s": archive_sps, "variants": rows});
         srcache_formats::write_atomic(p, &serde_json::to_vec_pretty(&j)?)?;
     }
     Ok(())

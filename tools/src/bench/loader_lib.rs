@@ -178,7 +178,8 @@ pub fn write_realistic(cfg: &LoaderBenchConfig) -> Result<(PathBuf, Vec<PathBuf>
 
 /// The baseline: worker threads `load_multi` one fp32 archive per sample, apply the same crop and a dihedral
 /// transform with torch ops, and stack batches.
-fn baseline(archives: &[PathBuf], cfg: &LoaderBenchConfig, batches: usize) -> Result<(f64, u64)> {
+/// The fp32-archive baseline: `batches` batches from `cfg.workers` threads; (seconds, bytes delivered).
+pub(crate) fn baseline(archives: &[PathBuf], cfg: &LoaderBenchConfig, batches: usize) -> Result<(f64, u64)> {
     let workers = cfg.workers.max(1);
     let bs = cfg.batch_size;
     let t0 = Instant::now();
