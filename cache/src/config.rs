@@ -77,7 +77,10 @@ pub struct ExpertConfig {
     /// Outputs to store: "sr" and/or "feat". PSNR is computed whatever is kept.
     #[serde(default = "default_keep")]
     pub keep: Vec<String>,
-    /// Storage dtype of sr (and of feat unless feat_dtype is set).
+    /// Storage dtype of sr (and of feat unless feat_dtype is set; u8 sr keeps f16 features). Default: u8 with
+    /// the `residual_u8` codec, i.e. the SR image exactly as every metric sees it (rounded to 8 bits), stored
+    /// losslessly as its residual over a bicubic of the LR patch. `f16` + `shuffle_zstd` keeps the unrounded
+    /// output (`srcache cache --lossless`). Why u8 is the default: README, "Storage".
     #[serde(default = "default_dtype")]
     pub dtype: DType,
     #[serde(default = "default_codec")]
@@ -100,10 +103,10 @@ fn default_keep() -> Vec<String> {
     vec!["sr".into(), "feat".into()]
 }
 fn default_dtype() -> DType {
-    DType::F16
+    DType::U8
 }
 fn default_codec() -> Codec {
-    Codec::SHUFFLE_ZSTD
+    Codec::RESIDUAL_U8
 }
 
 impl ExpertConfig {
@@ -132,6 +135,16 @@ impl ExpertConfig {
             (None, Some(p)) => Ok(ExpertSource::TorchScript(p.clone())),
             _ => Err(CacheError::Config { what: format!("expert {:?}: give exactly one of `builtin` or `path`", self.name) }),
         }
+    }
+
+    /// Every output as the expert computed it, to f16: sr f16 + shuffle_zstd, features f16 + shuffle_zstd, no
+    /// PCA (the reference `srcache bench fidelity` compares the compact settings with).
+    pub fn make_lossless(&mut self) {
+        self.dtype = DType::F16;
+        self.codec = Codec::SHUFFLE_ZSTD;
+        self.feat_dtype = None;
+        self.feat_codec = None;
+        self.feat_pca = None;
     }
 
     pub fn keeps(&self, what: &str) -> bool {

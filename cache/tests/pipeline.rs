@@ -217,7 +217,8 @@ fn example_config_parses_and_validates() {
     let cfg = CacheConfig::from_toml_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("run.example.toml")).expect("example config");
     cfg.validate().expect("valid");
     assert_eq!(cfg.experts.len(), 3);
-    assert_eq!(cfg.experts[0].feat_codec, Some(Codec::AffineU8));
+    assert_eq!((cfg.experts[0].dtype, cfg.experts[0].codec), (srcache_formats::DType::U8, Codec::RESIDUAL_U8));
+    assert_eq!(cfg.experts[0].feat_pca.as_ref().map(|p| p.energy), Some(0.999));
 }
 
 /// The three-stage device worker (upload, compute, download) writes exactly what each expert computes on its
@@ -227,6 +228,8 @@ fn device_worker_stores_exactly_the_experts_own_outputs() {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut cfg = base_config(&tmp.path().join("c"), 32);
     cfg.experts = vec![ExpertConfig::builtin("bicubic", Builtin::Bicubic), ExpertConfig::builtin("sharp", Builtin::SharpBicubic)];
+    // f16 sr: the experts' outputs with nothing but the f16 cast (the default u8 sr is checked in formats).
+    cfg.experts.iter_mut().for_each(ExpertConfig::make_lossless);
     cfg.batch = 8;
     let summary = run(&cfg, &NoProgress).expect("run");
     assert_eq!(summary.devices.len(), 1);

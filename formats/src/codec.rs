@@ -351,9 +351,27 @@ fn affine_decode(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::resul
         }
         let qs = &q[ch * per..(ch + 1) * per];
         let dst = &mut out[ch * per * k..(ch + 1) * per * k];
-        for (e, &qv) in dst.chunks_exact_mut(k).zip(qs) {
-            e.copy_from_slice(&lut[qv as usize * k..(qv as usize + 1) * k]);
+        // Fixed-width lookups: a runtime-sized copy per element costs a memcpy call each (the loader's hot path).
+        match k {
+            2 => lookup::<2>(&lut, qs, dst),
+            4 => lookup::<4>(&lut, qs, dst),
+            _ => {
+                for (e, &qv) in dst.chunks_exact_mut(k).zip(qs) {
+                    e.copy_from_slice(&lut[qv as usize * k..(qv as usize + 1) * k]);
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// `dst[i] = lut[qs[i]]` for K-byte elements.
+fn lookup<const K: usize>(lut: &[u8; 256 * 4], qs: &[u8], dst: &mut [u8]) {
+    let mut table = [[0u8; K]; 256];
+    for (qv, t) in table.iter_mut().enumerate() {
+        t.copy_from_slice(&lut[qv * K..(qv + 1) * K]);
+    }
+    for (e, &qv) in dst.chunks_exact_mut(K).zip(qs) {
+        e.copy_from_slice(&table[qv as usize]);
+    }
 }

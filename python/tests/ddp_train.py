@@ -75,7 +75,8 @@ def main():
     seen, losses, steps = [], [], 0
     for b in dl:
         seen.extend(b["index"].tolist())
-        if b["lr"].dtype != torch.uint8 or any(s.dtype != torch.float16 for s in b["sr"]):
+        # Stored dtypes, as the Rust loader hands them over: u8 images, sr u8 (the default) or f16 (--lossless).
+        if b["lr"].dtype != torch.uint8 or any(s.dtype not in (torch.uint8, torch.float16) for s in b["sr"]):
             raise SystemExit(f"rank {rank}: batch dtypes lr {b['lr'].dtype}, sr {[s.dtype for s in b['sr']]}")
         if steps < a.steps:
             f = to_float(b)

@@ -42,7 +42,7 @@ fn real_experts_convert_load_and_compress() {
     };
     let lossless = tmp.path().join("lossless");
     let compact = tmp.path().join("compact");
-    let full = cache(&lossless, &[]);
+    let full = cache(&lossless, &["--lossless"]);
     let out = cache(&compact, &["--feat-pca", "0.999", "--sr-u8"]);
     let samples = |s: &str| s.lines().find(|l| l.starts_with("samples ")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string());
     assert_eq!(samples(&out), samples(&full), "{out}");

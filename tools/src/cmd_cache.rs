@@ -53,7 +53,7 @@ pub struct CacheArgs {
     /// Stop after N samples.
     #[arg(long)]
     pub limit: Option<u64>,
-    /// Store features lossy as 8-bit (affine per channel).
+    /// Store features lossy as 8-bit (a scale and offset per channel), zstd-compressed (`affine_u8_zstd`).
     #[arg(long)]
     pub feat_u8: bool,
     /// Store features as their leading PCA coefficients, per-channel 8-bit + zstd: K components (e.g. 16), or
@@ -62,9 +62,13 @@ pub struct CacheArgs {
     #[arg(long, value_name = "K|FRACTION")]
     pub feat_pca: Option<String>,
     /// Store SR outputs as u8 (what every metric is computed on), losslessly as a residual over an exact
-    /// bicubic of the LR patch, zstd-compressed.
-    #[arg(long)]
+    /// bicubic of the LR patch, zstd-compressed. This is the default; the flag overrides a config file's dtype.
+    #[arg(long, conflicts_with = "lossless")]
     pub sr_u8: bool,
+    /// Keep every expert output unrounded: SR and features as f16, byte-shuffled + zstd (about 1.25x larger
+    /// than the default u8 SR; see README "Storage"). --feat-u8 / --feat-pca still apply to the features.
+    #[arg(long)]
+    pub lossless: bool,
     /// Cache only part K of N of the input (0 <= K < N), into OUT/parts/K-of-N/; `srcache merge OUT` joins
     /// the parts. `slurm` reads the part from SLURM_ARRAY_TASK_ID (or a Kubernetes JOB_COMPLETION_INDEX) and the
     /// count from SRCACHE_PART_COUNT or SLURM_ARRAY_TASK_COUNT. Parts are contiguous in file-name order and hold
@@ -118,9 +122,12 @@ pub fn build_config(a: &CacheArgs) -> anyhow::Result<CacheConfig> {
     if !a.experts.is_empty() {
         cfg.experts = a.experts.iter().map(|s| parse_expert(s)).collect::<anyhow::Result<_>>()?;
     }
+    if a.lossless {
+        cfg.experts.iter_mut().for_each(ExpertConfig::make_lossless);
+    }
     if a.feat_u8 {
         for e in &mut cfg.experts {
-            e.feat_codec = Some(srcache_formats::Codec::AffineU8);
+            e.feat_codec = Some(srcache_formats::Codec::AFFINE_U8_ZSTD);
         }
     }
     if let Some(spec) = &a.feat_pca {

@@ -61,6 +61,10 @@ pub fn run_and_kill(args: &[String], progress: &dyn Fn() -> u64, k: u64, delay: 
     }
     child.kill().expect("SIGKILL");
     let status = child.wait().expect("wait");
+    if status.success() {
+        // It exited between the last check and the signal: a finished run, not a kill.
+        return false;
+    }
     assert!(status.code().is_none(), "killed run reported {status:?}");
     true
 }

@@ -37,6 +37,9 @@ pub struct BenchCacheArgs {
     /// fp16 autocast on CUDA (both the pipeline and the forward-only baseline).
     #[arg(long)]
     pub fp16: bool,
+    /// Store SR as f16 (`srcache cache --lossless`) instead of the default u8 residual.
+    #[arg(long)]
+    pub lossless: bool,
     /// Also write the figures as JSON here (for scripts/gpu-check.sh).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -78,6 +81,7 @@ pub fn run(a: BenchCacheArgs) -> anyhow::Result<()> {
         feat_u8: false,
         feat_pca: None,
         sr_u8: false,
+        lossless: a.lossless,
         part: None,
         force: false,
         quiet: true,

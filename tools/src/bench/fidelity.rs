@@ -25,8 +25,9 @@ pub struct BenchFidelityArgs {
     /// HR photos, chelsea and rocket among them (held out for evaluation). Default: the built-in photos.
     #[arg(long)]
     pub photos: Option<PathBuf>,
-    /// Variants to run (default: all): lossless, feat-u8, feat-u8-zstd, sr-u8, pca-999, pca-16, sr-u8+pca-999,
-    /// sr-u8+pca-16, sr-u8+pca-8.
+    /// Variants to run (default: all), lossless first: lossless (f16 sr and features), default (the cache's
+    /// default storage: u8 sr), feat-u8, feat-u8-zstd, sr-u8, sr-u8+feat-u8-zstd, pca-999, pca-16, sr-u8+pca-999,
+    /// sr-u8+pca-16, sr-u8+pca-8. Parts join with `+`; pca-K keeps K components, pca-999 99.9% of the variance.
     #[arg(long = "variant")]
     pub variants: Vec<String>,
     /// Fusion training steps per variant.
@@ -47,8 +48,13 @@ pub struct BenchFidelityArgs {
     pub json: Option<PathBuf>,
 }
 
-/// A storage setting, applied to every expert of the cache config.
+/// A storage setting, applied to every expert of the cache config: `default` is the cache's default storage;
+/// every other name starts from lossless (f16 everything) and adds its parts.
 fn variant(name: &str, e: &mut ExpertConfig) -> Result<()> {
+    if name == "default" {
+        return Ok(());
+    }
+    e.make_lossless();
     for part in name.split('+') {
         match part {
             "lossless" => {}
@@ -74,7 +80,19 @@ fn variant(name: &str, e: &mut ExpertConfig) -> Result<()> {
     Ok(())
 }
 
-const ALL: [&str; 9] = ["lossless", "feat-u8", "feat-u8-zstd", "sr-u8", "pca-999", "pca-16", "sr-u8+pca-999", "sr-u8+pca-16", "sr-u8+pca-8"];
+const ALL: [&str; 11] = [
+    "lossless",
+    "default",
+    "feat-u8",
+    "feat-u8-zstd",
+    "sr-u8",
+    "sr-u8+feat-u8-zstd",
+    "pca-999",
+    "pca-16",
+    "sr-u8+pca-999",
+    "sr-u8+pca-16",
+    "sr-u8+pca-8",
+];
 
 #[derive(serde::Serialize)]
 struct Row {
@@ -149,7 +167,8 @@ fn loader_speed(dir: &Path) -> Result<(f64, usize)> {
         for _ in 0..per_epoch {
             l.next_batch()?;
         }
-        let batches = (2 * per_epoch).max(20);
+        // At least ~1 s of batches: a short window swings 2x between runs.
+        let batches = (2 * per_epoch).max(200);
         let t0 = Instant::now();
         for _ in 0..batches {
             l.next_batch()?;
