@@ -162,29 +162,33 @@ proptest! {
 
     #[test]
     fn mutated_valid_shard_never_panics(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6), cut in any::<Option<usize>>()) {
-        let mut b = valid_shard_bytes_cached();
-        for (pos, x) in flips {
-            let n = b.len();
-            b[pos % n] ^= x | 1;
-        }
-        if let Some(c) = cut {
-            let n = b.len();
-            b.truncate(c % n);
-        }
-        if let Ok(s) = Shard::from_bytes("mut.srs", b) {
-            let _ = s.verify();
-            for i in 0..s.len() {
-                for t in &s.schema().tensors {
-                    if let Ok(v) = s.tensor(i, &t.name) { let _ = v.to_f32(); }
+        static CELL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        mutate_and_read(CELL.get_or_init(valid_shard_bytes).clone(), flips, cut);
+    }
+}
+
+/// Flips bytes of a valid shard (each flip changes its byte), optionally cuts it, and, if it still opens,
+/// verifies it and reads every tensor of every sample: all of which must return, never panic.
+fn mutate_and_read(mut b: Vec<u8>, flips: Vec<(usize, u8)>, cut: Option<usize>) {
+    for (pos, x) in flips {
+        let n = b.len();
+        b[pos % n] ^= x | 1;
+    }
+    if let Some(c) = cut {
+        let n = b.len();
+        b.truncate(c % n);
+    }
+    if let Ok(s) = Shard::from_bytes("mut.srs", b) {
+        let _ = s.verify();
+        for i in 0..s.len() {
+            for t in &s.schema().tensors {
+                if let Ok(v) = s.tensor(i, &t.name) {
+                    let _ = v.to_f32();
+                    let _ = v.affine_error_bound();
                 }
             }
         }
     }
-}
-
-fn valid_shard_bytes_cached() -> Vec<u8> {
-    static CELL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    CELL.get_or_init(valid_shard_bytes).clone()
 }
 
 // ---- the compact codecs: residual_u8 (needs the sample's lr) and affine_u8_zstd --------------------------
@@ -315,26 +319,7 @@ proptest! {
     #[test]
     fn mutated_compact_shard_never_panics(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6), cut in any::<Option<usize>>()) {
         static CELL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-        let mut b = CELL.get_or_init(compact_shard_bytes).clone();
-        for (pos, x) in flips {
-            let n = b.len();
-            b[pos % n] ^= x | 1;
-        }
-        if let Some(c) = cut {
-            let n = b.len();
-            b.truncate(c % n);
-        }
-        if let Ok(s) = Shard::from_bytes("mut.srs", b) {
-            let _ = s.verify();
-            for i in 0..s.len() {
-                for t in &s.schema().tensors {
-                    if let Ok(v) = s.tensor(i, &t.name) {
-                        let _ = v.to_f32();
-                        let _ = v.affine_error_bound();
-                    }
-                }
-            }
-        }
+        mutate_and_read(CELL.get_or_init(compact_shard_bytes).clone(), flips, cut);
     }
 
     #[test]

@@ -46,6 +46,18 @@ pub struct Aug {
 }
 
 impl Batch {
+    /// The same batch with `f` applied to every tensor (indices and augmentations kept).
+    pub fn try_map<E>(&self, mut f: impl FnMut(&Tensor) -> std::result::Result<Tensor, E>) -> std::result::Result<Batch, E> {
+        Ok(Batch {
+            lr: f(&self.lr)?,
+            hr: f(&self.hr)?,
+            sr: self.sr.iter().map(&mut f).collect::<std::result::Result<_, _>>()?,
+            feat: self.feat.iter().map(&mut f).collect::<std::result::Result<_, _>>()?,
+            indices: self.indices.clone(),
+            aug: self.aug.clone(),
+        })
+    }
+
     /// The batch on `device` as f32 (u8 tensors scaled by 1/255), ready for the model.
     pub fn to_device(&self, device: Device) -> Result<Batch> {
         let mv = |t: &Tensor| -> Result<Tensor> {
@@ -63,14 +75,7 @@ impl Batch {
                 _ => t.f_to_kind(Kind::Float).ctx("to f32"),
             }
         };
-        Ok(Batch {
-            lr: mv(&self.lr)?,
-            hr: mv(&self.hr)?,
-            sr: self.sr.iter().map(mv).collect::<Result<_>>()?,
-            feat: self.feat.iter().map(mv).collect::<Result<_>>()?,
-            indices: self.indices.clone(),
-            aug: self.aug.clone(),
-        })
+        self.try_map(mv)
     }
 
     /// Bytes held by the batch's tensors, in their delivered dtypes.
@@ -401,17 +406,7 @@ impl Job {
         }
         let batch = Batch { lr, hr, sr, feat, indices, aug: augs };
         match self.cfg.pin_device {
-            Some(dev) if dev.is_cuda() => {
-                let pin = |t: &Tensor| t.f_pin_memory(dev).ctx("pin batch");
-                Ok(Batch {
-                    lr: pin(&batch.lr)?,
-                    hr: pin(&batch.hr)?,
-                    sr: batch.sr.iter().map(pin).collect::<Result<_>>()?,
-                    feat: batch.feat.iter().map(pin).collect::<Result<_>>()?,
-                    indices: batch.indices,
-                    aug: batch.aug,
-                })
-            }
+            Some(dev) if dev.is_cuda() => batch.try_map(|t| t.f_pin_memory(dev).ctx("pin batch")),
             _ => Ok(batch),
         }
     }

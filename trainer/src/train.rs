@@ -48,14 +48,7 @@ impl BatchSource for MemorySource {
         let n = self.batches.len().max(1) as u64;
         let b = self.batches.get((self.next % n) as usize).ok_or_else(|| TrainerError::Loader { why: "no batches".into() })?;
         self.next += 1;
-        Ok(Batch {
-            lr: b.lr.shallow_clone(),
-            hr: b.hr.shallow_clone(),
-            sr: b.sr.iter().map(|t| t.shallow_clone()).collect(),
-            feat: b.feat.iter().map(|t| t.shallow_clone()).collect(),
-            indices: b.indices.clone(),
-            aug: b.aug.clone(),
-        })
+        b.try_map(|t| Ok(t.shallow_clone()))
     }
     fn position(&self) -> LoaderPosition {
         let n = self.batches.len().max(1) as u64;

@@ -143,14 +143,18 @@ const LOADER: (usize, usize) = (8, 2);
 /// and stacking) over the archives of the lossless cache: what each variant's loader speed is compared with.
 fn archive_loader_speed(archives: &[PathBuf], batches: usize) -> Result<f64> {
     let cfg = super::loader_lib::LoaderBenchConfig { batch_size: LOADER.0, workers: LOADER.1, crop: None, ..Default::default() };
-    let threads = tch::get_num_threads();
-    tch::set_num_threads(1);
-    let run = || -> Result<f64> {
+    one_torch_thread(|| {
         super::loader_lib::baseline(archives, &cfg, 2)?;
         let (t, _) = super::loader_lib::baseline(archives, &cfg, batches)?;
         Ok((batches * LOADER.0) as f64 / t)
-    };
-    let r = run();
+    })
+}
+
+/// Runs `f` with torch's intra-op threads at 1, restoring the previous count afterwards.
+fn one_torch_thread<T>(f: impl FnOnce() -> T) -> T {
+    let threads = tch::get_num_threads();
+    tch::set_num_threads(1);
+    let r = f();
     tch::set_num_threads(threads);
     r
 }
@@ -159,9 +163,7 @@ fn archive_loader_speed(archives: &[PathBuf], batches: usize) -> Result<f64> {
 fn loader_speed(dir: &Path) -> Result<(f64, usize)> {
     let ds = Arc::new(Dataset::open(dir)?);
     let cfg = LoaderConfig { batch_size: LOADER.0, workers: LOADER.1, ..Default::default() };
-    let threads = tch::get_num_threads();
-    tch::set_num_threads(1);
-    let run = || -> Result<(f64, usize)> {
+    one_torch_thread(|| -> Result<(f64, usize)> {
         let mut l = Loader::new(ds.clone(), (0..ds.len()).collect(), &cfg, LoaderPosition::default())?;
         let per_epoch = (ds.len() / LOADER.0).max(1);
         for _ in 0..per_epoch {
@@ -174,10 +176,7 @@ fn loader_speed(dir: &Path) -> Result<(f64, usize)> {
             l.next_batch()?;
         }
         Ok(((batches * LOADER.0) as f64 / t0.elapsed().as_secs_f64(), batches))
-    };
-    let r = run();
-    tch::set_num_threads(threads);
-    r
+    })
 }
 
 pub fn run(a: BenchFidelityArgs) -> Result<()> {

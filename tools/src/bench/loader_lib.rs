@@ -245,17 +245,6 @@ fn loader_run(ds: &Arc<Dataset>, cfg: &LoaderBenchConfig, batches: usize, stored
     Ok((t0.elapsed().as_secs_f64(), bytes))
 }
 
-fn clone_batch(b: &Batch) -> Batch {
-    Batch {
-        lr: b.lr.copy(),
-        hr: b.hr.copy(),
-        sr: b.sr.iter().map(|t| t.copy()).collect(),
-        feat: b.feat.iter().map(|t| t.copy()).collect(),
-        indices: b.indices.clone(),
-        aug: b.aug.clone(),
-    }
-}
-
 pub fn run(cfg: &LoaderBenchConfig, log: &mut dyn FnMut(&str)) -> Result<LoaderBenchReport> {
     log(&format!("writing {} samples (shards + fp32 archives) under {}", cfg.samples, cfg.dir.display()));
     let (shards, archives) = write_realistic(cfg)?;
@@ -306,21 +295,10 @@ pub fn run(cfg: &LoaderBenchConfig, log: &mut dyn FnMut(&str)) -> Result<LoaderB
     tc.model.feat_channels = loader.feat_channels.clone();
     // The in-memory baseline holds its batches where the model is (on the GPU when training there): a step
     // fed by it pays no data cost at all, so the ratio is exactly what the loader adds.
-    let on_device = |b: Batch| -> Result<Batch> {
-        let mv = |t: &Tensor| t.f_to_device(device).map_err(anyhow::Error::from);
-        Ok(Batch {
-            lr: mv(&b.lr)?,
-            hr: mv(&b.hr)?,
-            sr: b.sr.iter().map(mv).collect::<Result<_>>()?,
-            feat: b.feat.iter().map(mv).collect::<Result<_>>()?,
-            indices: b.indices,
-            aug: b.aug,
-        })
-    };
+    // Deep copies: the in-memory side owns its batches outright.
+    let on_device = |b: Batch| b.try_map(|t| t.copy().f_to_device(device)).map_err(anyhow::Error::from);
     let mut mem = MemorySource {
-        batches: (0..4)
-            .map(|_| loader.next_batch().map(|b| clone_batch(&b)).map_err(anyhow::Error::from).and_then(on_device))
-            .collect::<Result<_>>()?,
+        batches: (0..4).map(|_| loader.next_batch().map_err(anyhow::Error::from).and_then(on_device)).collect::<Result<_>>()?,
         next: 0,
     };
     // Per-step times, loader-fed and in-memory steps alternating on two identical trainers, medians compared:
