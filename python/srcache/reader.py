@@ -12,21 +12,31 @@ Codecs: raw, zstd, shuffle_zstd, affine_u8 (lossy), affine_u8_zstd (lossy, = zst
 residual_u8 (lossless u8 sr stored as its difference from `bicubic_u8(lr, s)`, the exact integer bicubic of
 FORMAT.md; decoding it reads the same sample's `lr`, checksum-checked like any read).
 
-Integrity, as in the Rust reader: header, schema, index and footer checksums (xxh3-64) and the table's
-consistency are checked on open; each payload's checksum is checked the first time that payload is read through
-an open `Shard` (`verify="once"`, the default), on every read (`verify="always"`) or never (`verify=False`).
-`Shard.check()` hashes every payload. Errors are `ShardError` (a ValueError) naming the shard path and, where
-relevant, the sample index in the shard and the tensor name.
+Integrity, as in the Rust reader: only regular files are opened (a FIFO or device is refused at once, never
+blocked on); header, schema, index and footer checksums (xxh3-64) are checked on open, the schema and metadata
+JSON must have the types Rust's serde structs give them (srcache._schema: no negative or string shapes, no
+object where the record array belongs, no duplicate names or fields, no NaN literals, no nesting that
+overflows the parser), and every table entry must lie in the payload area with the spec's sizes and, for the
+zstd codecs, a content its stored bytes can hold; so a crafted shard is refused before anything is sized from
+what it claims. Each payload's checksum is checked the first time that payload is read through an open `Shard`
+(`verify="once"`, the default), on every read (`verify="always"`) or never (`verify=False`). Before each read
+the file's size is compared with its size at open (a shard truncated under a reader is a ShardError, not a
+SIGBUS), and non-raw payloads are read with pread. `Shard.check()` hashes every payload. Errors are `ShardError`
+(a ValueError) naming the shard path and, where relevant, the sample index in the shard and the tensor name.
 """
+import errno
 import functools
 import json
 import mmap
 import os
+import stat
 import struct
 
 import numpy as np
 import xxhash
 import zstandard
+
+from . import _schema
 
 MAGIC = b"\x89SRS\r\n\x1a\n"
 MAGIC_END = b"\x89SRSEND\n"
@@ -257,46 +267,109 @@ def _reconstruct_feat(schema, basis, x, expert, where):
     return basis.reconstruct(x)
 
 
-def _fixed_stored_len(spec, numel):
-    kind = spec["codec"]["kind"]
-    if kind == "raw":
-        return numel * SIZES[spec["dtype"]]
-    if kind == "affine_u8":
-        c = spec["shape"][0] if spec["shape"] else 1
-        return 8 * c + numel
-    return None
+def open_regular(path):
+    """A read-only descriptor of `path` if it is a regular file (symlinks followed), else OSError at once.
+
+    Opened with O_NONBLOCK, so a FIFO put where a shard or manifest belongs is refused instead of blocking the
+    reader until a writer appears (forever), then fstat-ed: the check is on the file opened, not on a name that
+    could be swapped between a stat and the open (Rust `srcache_formats::regular`)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+            raise OSError(errno.EINVAL, f"{kind} where a regular file was expected; not read")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+_PREAD_MAX = 0x7FFF0000  # the most one read returns on Linux
+
+
+def _pread(fd, n, off):
+    """n bytes at off, or fewer when the file ends first (a single read returns at most ~2 GiB on Linux)."""
+    if n <= _PREAD_MAX:
+        return os.pread(fd, n, off)
+    out = bytearray()
+    while len(out) < n:
+        part = os.pread(fd, min(n - len(out), _PREAD_MAX), off + len(out))
+        if not part:
+            break
+        out += part
+    return bytes(out)
 
 
 class Shard:
-    """One open shard. `verify`: "once" (default), "always" or False, for payload checksums."""
+    """One open shard. `verify`: "once" (default), "always" or False, for payload checksums.
+
+    Everything read on open (header, schema, footer, index) comes through pread and is validated before anything
+    is sized from it: a crafted shard is refused with ShardError naming its path, never a bare Python error or
+    an allocation of what it claims. Payloads: `raw` ones are zero-copy views of a read-only mmap, the others are
+    pread (they are decoded into fresh arrays anyway). Before each tensor the file's size is compared with its
+    size at open: a shard truncated under an open reader is a ShardError, not a SIGBUS from the map (only a
+    truncation racing the microseconds between that check and the first touch of a raw view, or a raw view kept
+    by the caller across one, can still fault: the map is the zero-copy path)."""
 
     def __init__(self, path, verify="once"):
         if verify not in ("once", "always", False, None, True):
             raise ValueError(f"verify must be 'once', 'always' or False, not {verify!r}")
         self.path = os.fspath(path)
         self.verify = "once" if verify is True else (verify or False)
+        self._fd = -1
+        self.buf = None
         try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size == 0:
-                    raise ShardError(f"{self.path}: truncated: empty file")
-                self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._fd = open_regular(self.path)
+            self.file_size = os.fstat(self._fd).st_size
         except OSError as e:
-            raise ShardError(f"{self.path}: cannot open shard: {e}") from e
-        self._parse()
-        self._verified = np.zeros(len(self._entries), dtype=bool)
+            self.close()
+            raise ShardError(f"{self.path}: cannot open shard: {e.strerror or e}") from None
+        try:
+            self._parse()
+            self.buf = mmap.mmap(self._fd, self.file_size, access=mmap.ACCESS_READ)
+        except OSError as e:
+            self.close()
+            raise ShardError(f"{self.path}: cannot read shard: {e.strerror or e}") from None
+        except BaseException:
+            self.close()
+            raise
+        self._verified = np.zeros(len(self._table), dtype=bool)
         self._base_cache = None  # ((sample, lr position, s), B(lr)) of the last residual decoded
         self._dctx = zstandard.ZstdDecompressor()
+
+    def __del__(self):
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     # ---- opening -------------------------------------------------------------------------------------------
     def _err(self, what):
         return ShardError(f"{self.path}: {what}")
 
+    def _read(self, off, n, what):
+        data = _pread(self._fd, n, off)
+        if len(data) != n:
+            raise self._short(what, off, n, len(data))
+        return data
+
+    def _short(self, what, off, n, got):
+        return self._err(f"changed on disk while being read ({what}: {got} of {n} bytes at {off}; the file had "
+                         f"{self.file_size} bytes when opened); shards must not change while in use")
+
     def _parse(self):
-        b = self.buf
-        n = len(b)
+        n = self.file_size
+        b = self._read(0, min(n, HEADER_LEN), "header")
         if n < 8 or b[:8] != MAGIC:
-            raise self._err("not an srcache shard (bad magic)" if n >= 8 else "truncated (no magic)")
+            raise self._err("not an srcache shard (bad magic)" if n >= 8 else f"truncated (no magic): {n} bytes")
         version = struct.unpack_from("<I", b, 8)[0] if n >= 12 else None
         if version is None:
             raise self._err("truncated (no version)")
@@ -304,7 +377,7 @@ class Shard:
             raise self._err(f"unsupported format version {version} (this reader knows {VERSION})")
         if n < HEADER_LEN + FOOTER_LEN:
             raise self._err(f"truncated: {n} bytes, header and footer need {HEADER_LEN + FOOTER_LEN}")
-        header = b[:HEADER_LEN]
+        header = b
         hsum = xxh3_64(header[:56])
         if hsum != struct.unpack_from("<Q", header, 56)[0]:
             raise self._err("header checksum mismatch")
@@ -312,21 +385,18 @@ class Shard:
         schema_end = HEADER_LEN + schema_len
         if schema_end > n:
             raise self._err(f"truncated: schema ends at {schema_end}, file has {n} bytes")
-        schema_bytes = b[HEADER_LEN:schema_end]
+        schema_bytes = self._read(HEADER_LEN, schema_len, "schema")
         if xxh3_64(schema_bytes) != schema_sum:
             raise self._err("schema checksum mismatch")
         try:
-            self.schema = json.loads(schema_bytes)
-            tensors = self.schema["tensors"]
-            for t in tensors:
-                if t["dtype"] not in SIZES:
-                    raise ValueError(f"tensor {t['name']}: unknown dtype {t['dtype']}")
-                if t["codec"]["kind"] not in CODECS:
-                    raise ValueError(f"tensor {t['name']}: unknown codec {t['codec']['kind']}")
-        except (ValueError, KeyError, TypeError) as e:
+            self.schema = _schema.parse_json(schema_bytes)
+            _schema.check_schema(self.schema)
+            self.schema.setdefault("attrs", {})
+        except ValueError as e:
             raise self._err(f"corrupt schema: {e}") from None
+        tensors = self.schema["tensors"]
         payload_start = -(-schema_end // ALIGN) * ALIGN
-        foot = b[n - FOOTER_LEN :]
+        foot = self._read(n - FOOTER_LEN, FOOTER_LEN, "footer")
         if foot[56:64] != MAGIC_END:
             raise self._err("truncated: no footer end magic (the shard was cut short or has trailing bytes)")
         if xxh3_64(foot[:48]) != struct.unpack_from("<Q", foot, 48)[0]:
@@ -341,15 +411,16 @@ class Shard:
             raise self._err(f"corrupt footer: index at {index_off} (+{table_len} +{meta_len}) does not end at the footer")
         if n_samples * n_tensors * ENTRY_LEN != table_len:
             raise self._err(f"corrupt footer: {n_samples} samples x {n_tensors} tensors do not fill a {table_len}-byte table")
-        index = b[index_off : index_off + table_len + meta_len]
+        index = self._read(index_off, table_len + meta_len, "index")
         if xxh3_64(index) != index_sum:
             raise self._err("index checksum mismatch")
+        self.index_checksum = index_sum
         try:
-            self.metas = json.loads(index[table_len:])
+            meta_bytes = memoryview(index)[table_len:]
+            self.metas = _schema.parse_json(meta_bytes, struct_fields=False)
+            _schema.check_metas(self.metas, n_samples, _schema.SURROGATE_ESCAPE.search(meta_bytes) is not None)
         except ValueError as e:
             raise self._err(f"corrupt sample metadata: {e}") from None
-        if len(self.metas) != n_samples:
-            raise self._err(f"corrupt sample metadata: {len(self.metas)} records for {n_samples} samples")
         try:
             self._residual = {t: _residual_base(tensors, t) for t, s in enumerate(tensors) if s["codec"]["kind"] == "residual_u8"}
         except ValueError as e:
@@ -357,22 +428,57 @@ class Shard:
         self.n_tensors = n_tensors
         self.names = [t["name"] for t in tensors]
         self._pos = {name: k for k, name in enumerate(self.names)}
-        self._numel = [int(np.prod(t["shape"], dtype=np.int64)) if t["shape"] else 1 for t in tensors]
-        entries = np.frombuffer(index, dtype="<u8", count=table_len // 8).reshape(-1, 4).astype(np.uint64)
-        off, ln, raw = entries[:, 0], entries[:, 1], entries[:, 2]
-        bad = (off < payload_start) | (off % ALIGN != 0) | (ln > index_off) | (off + ln > index_off)
-        want_raw = np.tile(np.array([self._numel[t] * SIZES[s["dtype"]] for t, s in enumerate(tensors)], np.uint64), int(n_samples))
-        bad |= raw != want_raw
-        fixed = [_fixed_stored_len(s, self._numel[t]) for t, s in enumerate(tensors)]
-        for t, f in enumerate(fixed):
-            if f is not None:
-                bad[t::n_tensors] |= ln[t::n_tensors] != f
+        self._numel = [int(np.prod(t["shape"], dtype=object)) if t["shape"] else 1 for t in tensors]
+        self._raw = [t["codec"]["kind"] == "raw" for t in tensors]
+        self._dtypes = [np.dtype(DTYPES[t["dtype"]]).newbyteorder("<") for t in tensors]
+        self._check_entries(index, table_len, n_samples, payload_start, index_off)
+
+    def _check_entries(self, index, table_len, n_samples, payload_start, index_off):
+        """Every table entry inside the payload area, 64-aligned, with the spec's raw length, the fixed stored
+        length of raw/affine_u8, and for the zstd codecs a content the stored bytes can hold (zstd expands at most
+        32768x): what a payload claims is bounded by the file before any read allocates for it."""
+        tensors, nt = self.schema["tensors"], self.n_tensors
+        e = np.frombuffer(index, dtype="<u8", count=table_len // 8).reshape(-1, 4)
+        off, ln, raw = e[:, 0], e[:, 1], e[:, 2]
+        # off > index_off first: `index_off - off` below would wrap for those (they are bad anyway).
+        bad = (off < payload_start) | (off % ALIGN != 0) | (off > index_off) | (ln > np.uint64(index_off) - off)
+        why = {}
+        for t, spec in enumerate(tensors):
+            raw_len = _schema.raw_len(spec)  # validated: < 2^64
+            bad[t::nt] |= raw[t::nt] != np.uint64(raw_len)
+            kind, numel = spec["codec"]["kind"], self._numel[t]
+            c = spec["shape"][0] if spec["shape"] else 1
+            affine = 8 * c + numel
+            fixed = raw_len if kind == "raw" else affine if kind == "affine_u8" else None
+            if fixed is not None:
+                bad[t::nt] |= (ln[t::nt] != np.uint64(fixed)) if fixed < _schema.USIZE else True
+                why[t] = f"{kind} payload must be {fixed} bytes"
+            else:
+                content = affine if kind == "affine_u8_zstd" else raw_len
+                need = -(-content // 32768)
+                bad[t::nt] |= ln[t::nt] < np.uint64(need)  # need < 2^49
+                why[t] = f"claims {content} bytes of content: more than zstd can expand (needs >= {need} stored bytes)"
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
-            i, t = divmod(k, n_tensors)
-            raise self._err(f"sample {i}, tensor {self.names[t]}: corrupt table entry "
-                            f"(offset {int(off[k])}, stored {int(ln[k])}, raw {int(raw[k])} bytes)")
-        self._entries = [tuple(int(x) for x in e) for e in entries]
+            i, t = divmod(k, nt)
+            o, s, r = int(off[k]), int(ln[k]), int(raw[k])
+            if o < payload_start or o % ALIGN or o > index_off or s > index_off - o:
+                reason = f"payload [{o}, +{s}) outside the payload area [{payload_start}, {index_off}) or not 64-aligned"
+            elif r != _schema.raw_len(tensors[t]):
+                reason = f"raw length {r} does not match {tensors[t]['dtype']} {tensors[t]['shape']}"
+            else:
+                reason = f"{why[t]} (stored {s})"
+            raise self._err(f"sample {i}, tensor {self.names[t]}: corrupt table entry: {reason}")
+        self._table = e
+        self._entries_list = None
+
+    @property
+    def _entries(self):
+        """[offset, stored, raw, checksum] per entry as Python ints (faster per read than numpy scalars), made on
+        first use: a dataset opens every shard to check its rows without reading a payload."""
+        if self._entries_list is None:
+            self._entries_list = self._table.tolist()
+        return self._entries_list
 
     # ---- access --------------------------------------------------------------------------------------------
     def __len__(self):
@@ -398,10 +504,43 @@ class Shard:
         except KeyError:
             raise KeyError(f"{self.path}: schema has no tensor {name!r} (has {self.names})") from None
 
-    def _payload(self, i, t, verify):
+    def check_unchanged(self):
+        """ShardError if the file is shorter than when it was opened (reading the map past its end would fault)."""
+        if self._fd < 0:
+            raise self._err("shard is closed")
+        try:
+            now = os.lseek(self._fd, 0, os.SEEK_END)  # the size, 3x cheaper than fstat; reads are pread (no offset)
+        except OSError as e:
+            raise self._err(f"cannot check the shard's size: {e.strerror or e}") from None
+        if now < self.file_size:
+            raise self._err(f"changed on disk while being read ({self.file_size} bytes when opened, {now} now); "
+                            "shards must not change while in use: run `srcache verify` on the dataset")
+
+    def sample_sizes(self):
+        """(stored payload bytes, logical bytes) of every sample, two uint64 arrays (the manifest's bytes and
+        raw_bytes columns)."""
+        t = self._table.reshape(len(self.metas), self.n_tensors, 4)
+        return t[:, :, 1].sum(axis=1, dtype=np.uint64), t[:, :, 2].sum(axis=1, dtype=np.uint64)
+
+    def sample_bytes(self, i):
+        """(stored payload bytes, logical bytes) of sample i, from the table (the manifest's bytes/raw_bytes)."""
+        nt = self.n_tensors
+        rows = self._entries[i * nt : (i + 1) * nt]
+        return sum(r[1] for r in rows), sum(r[2] for r in rows)
+
+    def _payload(self, i, t, verify, checked=False):
+        """(offset, payload bytes, raw length): a view of the map for raw payloads, pread bytes otherwise.
+        `checked`: the caller has just run check_unchanged (one size check per sample, not per tensor)."""
         k = i * self.n_tensors + t
         off, ln, raw_len, checksum = self._entries[k]
-        payload = memoryview(self.buf)[off : off + ln]
+        if not checked:
+            self.check_unchanged()
+        if self._raw[t]:
+            payload = memoryview(self.buf)[off : off + ln]
+        else:
+            payload = os.pread(self._fd, ln, off) if ln <= _PREAD_MAX else _pread(self._fd, ln, off)
+            if len(payload) != ln:
+                raise self._short(f"sample {i}, tensor {self.names[t]}", off, ln, len(payload))
         if verify == "always" or (verify == "once" and not self._verified[k]):
             actual = xxh3_64(payload)
             if actual != checksum:
@@ -410,25 +549,40 @@ class Shard:
             self._verified[k] = True
         return off, payload, raw_len
 
+    def _zstd(self, payload, want, where):
+        """The frame's content, exactly `want` bytes: a frame header claiming another size is refused before
+        anything is allocated for it (the table bounds `want` by the stored length)."""
+        claimed = zstandard.frame_content_size(payload)
+        if claimed >= 0 and claimed != want:
+            raise self._err(f"{where}: zstd frame claims {claimed} bytes of content, expected {want}")
+        data = self._dctx.decompress(payload, max_output_size=want)
+        if len(data) != want:
+            raise self._err(f"{where}: decoded {len(data)} bytes, expected {want}")
+        return data
+
     def tensor(self, i, name, verify=None):
         """Tensor `name` of sample `i` as a CHW numpy array in its stored dtype (bf16 as uint16 bits).
         Read-only zero-copy view of the mmap for `raw` payloads, a fresh array otherwise."""
         self._check_index(i)
-        t = self._tensor_pos(name)
+        return self._tensor(i, self._tensor_pos(name), verify, False)
+
+    def _tensor(self, i, t, verify, checked):
         spec = self.schema["tensors"][t]
-        off, payload, raw_len = self._payload(i, t, self.verify if verify is None else verify)
-        dt, shape, kind = spec["dtype"], spec["shape"], spec["codec"]["kind"]
-        dtype = np.dtype(DTYPES[dt]).newbyteorder("<")
-        numel = self._numel[t]
+        name = self.names[t]
         where = f"sample {i}, tensor {name}"
+        try:
+            off, payload, raw_len = self._payload(i, t, self.verify if verify is None else verify, checked)
+        except OSError as e:
+            raise self._err(f"{where}: cannot read: {e.strerror or e}") from None
+        dt, shape, kind = spec["dtype"], spec["shape"], spec["codec"]["kind"]
+        dtype = self._dtypes[t]
+        numel = self._numel[t]
         if kind == "raw":
             payload.release()
             return np.frombuffer(self.buf, dtype, count=numel, offset=off).reshape(shape)
         try:
             if kind in ("zstd", "shuffle_zstd", "residual_u8"):
-                data = self._dctx.decompress(payload, max_output_size=raw_len)
-                if len(data) != raw_len:
-                    raise self._err(f"{where}: decoded {len(data)} bytes, expected {raw_len}")
+                data = self._zstd(payload, raw_len, where)
                 k = SIZES[dt]
                 if kind == "shuffle_zstd" and k > 1:
                     planes = np.frombuffer(data, np.uint8).reshape(k, numel)
@@ -443,21 +597,17 @@ class Shard:
                     arr = np.frombuffer(data, dtype)
             elif kind == "affine_u8_zstd":
                 c = shape[0] if shape else 1
-                want = 8 * c + numel
-                data = self._dctx.decompress(payload, max_output_size=want)
-                if len(data) != want:
-                    raise self._err(f"{where}: affine_u8_zstd frame holds {len(data)} bytes, expected {want}")
-                arr = _affine_decode(data, 0, c, numel, dt)
+                arr = _affine_decode(self._zstd(payload, 8 * c + numel, where), 0, c, numel, dt)
             else:  # affine_u8
-                arr = _affine_decode(self.buf, off, shape[0] if shape else 1, numel, dt)
+                arr = _affine_decode(payload, 0, shape[0] if shape else 1, numel, dt)
         except ValueError as e:
             if isinstance(e, ShardError):
                 raise
             raise self._err(f"{where}: {e}") from None
         except zstandard.ZstdError as e:
             raise self._err(f"{where}: zstd decode failed: {e}") from None
-        finally:
-            payload.release()
+        except MemoryError:
+            raise self._err(f"{where}: cannot allocate {raw_len} bytes") from None
         return arr.reshape(shape)
 
     def _residual_base_of(self, i, t, verify, where):
@@ -477,7 +627,9 @@ class Shard:
         return base
 
     def sample(self, i, verify=None):
-        return {n: self.tensor(i, n, verify) for n in self.names}
+        self._check_index(i)
+        self.check_unchanged()
+        return {n: self._tensor(i, t, verify, True) for t, n in enumerate(self.names)}
 
     def pca(self, expert):
         """The PcaBasis of `feat/<expert>` (schema attr `feat/<expert>/pca`), or None when it is stored as is."""
@@ -489,17 +641,19 @@ class Shard:
         return _reconstruct_feat(self.schema, self.pca(expert), x, expert, self.path)
 
     def check(self):
-        """Hashes every payload (like `srcache verify` for one shard); raises ShardError at the first bad one."""
+        """Hashes and decodes every payload (like `srcache verify` for one shard); raises ShardError at the first
+        bad one."""
         for i in range(len(self)):
-            for t in range(self.n_tensors):
-                self._payload(i, t, "always")[1].release()
+            self.sample(i, "always")  # hashes and, like Rust `Shard::verify`, decodes every payload
 
     def close(self):
-        """Unmaps the file unless numpy views of it are still alive (then the GC unmaps it later)."""
+        """Closes the file and unmaps it unless numpy views of it are still alive (then the GC unmaps it later)."""
         try:
-            self.buf.close()
+            if self.buf is not None:
+                self.buf.close()
         except BufferError:
             pass
+        self.__del__()
 
     def __enter__(self):
         return self
@@ -508,17 +662,50 @@ class Shard:
         self.close()
 
 
-def read_manifest(path):
-    """The manifest as a pyarrow.Table (its key-value metadata: `manifest_metadata`)."""
+def _parquet(path, read):
+    """(ParquetFile, Table or None) of the manifest, opened only if it is a regular file (see open_regular).
+    pyarrow takes no descriptor, so it opens /proc/self/fd/N: the file checked, not a name that could have been
+    swapped for a FIFO since. (pyarrow 22 over a Python file object or an in-memory buffer aborts the
+    interpreter at exit now and then; by path it does not.)"""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(os.fspath(path))
+    name = os.fspath(path)
+    try:
+        fd = open_regular(name)
+    except OSError as e:
+        raise ShardError(f"{name}: cannot open manifest: {e.strerror or e}") from None
+    try:
+        via = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else name
+        pf = pq.ParquetFile(via)
+        return pf, (pf.read() if read else None)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise ShardError(f"{name}: manifest is not a readable Parquet file: {e}") from None
+    finally:
+        os.close(fd)
+
+
+def _kv(path, pf):
+    try:
+        md = pf.metadata.metadata or {}
+        return {k.decode(): v.decode() for k, v in md.items() if not k.startswith(b"ARROW:")}
+    except UnicodeDecodeError as e:
+        raise ShardError(f"{os.fspath(path)}: manifest key-value metadata is not UTF-8: {e}") from None
+
+
+def read_manifest_and_metadata(path):
+    """(pyarrow.Table, key-value metadata as in `manifest_metadata`) from one read of a regular file; a file that
+    is no Parquet is a ShardError naming it."""
+    pf, table = _parquet(path, read=True)
+    return table, _kv(path, pf)
+
+
+def read_manifest(path):
+    """The manifest as a pyarrow.Table (its key-value metadata: `manifest_metadata`)."""
+    return read_manifest_and_metadata(path)[0]
 
 
 def manifest_metadata(path):
     """The manifest's Parquet key-value metadata (file footer) as {str: str}, e.g. srcache.manifest_version,
     srcache.rows_xxh3, srcache.parts; pyarrow's own ARROW:schema entry left out."""
-    import pyarrow.parquet as pq
-
-    md = pq.ParquetFile(os.fspath(path)).metadata.metadata or {}
-    return {k.decode(): v.decode() for k, v in md.items() if not k.startswith(b"ARROW:")}
+    return _kv(path, _parquet(path, read=False)[0])

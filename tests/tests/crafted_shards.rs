@@ -388,3 +388,46 @@ fn verify_says_cannot_open_for_a_corrupt_shard_not_missing() {
     assert!(!r.stdout.contains("does not exist"), "a corrupt shard reported as missing: {}", r.text());
     error_rule(&r, &[s(&d)]).unwrap_or_else(|e| panic!("{e}: {}", r.text()));
 }
+
+/// Issue #25 (D15): the Python reader (`srcache.Shard`, `open_dataset`, `SRCacheDataset`) faces the same corpus,
+/// plus hostile JSON only Python would otherwise accept (negative, string and overflowing shapes, an object or an
+/// integer where the metadata array belongs, duplicate tensor names or fields, NaN literals, nesting deep enough
+/// to overflow its parser, a table offset that wraps past 2^64): every case that does not open in Rust must raise
+/// `ShardError` naming the file, at open and without allocating what it claims; the valid ones must read.
+#[test]
+fn python_reader_refuses_the_crafted_corpus() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cases = build_cases(&tmp.path().join("cases"));
+    let kinds: serde_json::Map<String, serde_json::Value> = cases.iter().map(|c| (c.name.to_string(), format!("{:?}", c.kind).into())).collect();
+    let spec = tmp.path().join("kinds.json");
+    std::fs::write(&spec, serde_json::to_vec(&kinds).expect("json")).expect("write kinds");
+    let script = srcache_tests::workspace().join("python/tests/check_crafted.py");
+    let log = tmp.path().join("python.log");
+    let file = std::fs::File::create(&log).expect("log");
+    let mut child = std::process::Command::new(srcache_tests::venv_python())
+        .arg(&script)
+        .arg("corpus")
+        .arg(tmp.path().join("cases"))
+        .arg(&spec)
+        .stdout(file.try_clone().expect("clone"))
+        .stderr(file)
+        .spawn()
+        .expect("spawn python");
+    // A hang is a failure too (a reader blocked on a crafted file), not a stuck suite.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("check_crafted.py corpus did not finish in 300 s:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&log).expect("read log");
+    println!("{text}");
+    assert!(status.success(), "the Python reader failed on crafted shards:\n{text}");
+    assert!(text.contains(&format!("({} Rust corpus + ", cases.len())) && text.contains(", 0 failed"), "{text}");
+}
