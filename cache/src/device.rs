@@ -63,6 +63,8 @@ struct OnDevice {
     /// u8 HWC, what PSNR is computed on.
     sr_u8: Tensor,
     feat: Option<Tensor>,
+    /// bool [B]: the sample's raw outputs were all finite (checked on the host, per sample, before storing).
+    finite: Tensor,
 }
 
 struct Computed {
@@ -147,12 +149,12 @@ impl Worker<'_> {
                     let _warm = forward_chunked(e, &up.x, &mut chunk, self.fp16, self.progress)?;
                     warm.push(shape);
                 }
-                let (sr, feat) = forward_chunked(e, &up.x, &mut chunk, self.fp16, self.progress)?;
+                let (sr, feat, finite) = forward_chunked(e, &up.x, &mut chunk, self.fp16, self.progress)?;
                 let feat = match (feat, proj) {
                     (Some(f), Some((w, b))) => Some(f.f_conv2d(w, Some(b), [1, 1], [0, 0], [1, 1], 1).map_err(torch("PCA projection of features"))?),
                     (f, _) => f,
                 };
-                outs.push(to_storage(e, &self.layout.experts[i], i, &sr, feat.as_ref())?);
+                outs.push(to_storage(e, &self.layout.experts[i], i, &sr, feat.as_ref(), finite)?);
             }
             add(&self.clock.forward, t0);
             time.batches += 1;
@@ -205,21 +207,31 @@ fn upload(device: Device, rx: Receiver<Arc<Batch>>, tx: Sender<Uploaded>) -> Res
 }
 
 /// Forward in chunks of `chunk` samples; on out-of-memory halves the chunk (for good) and retries, saying so.
-pub(crate) fn forward_chunked(e: &Expert, x: &Tensor, chunk: &mut usize, fp16: bool, progress: &dyn Progress) -> Result<(Tensor, Option<Tensor>)> {
+/// Returns sr, feat and the per-sample finiteness mask of [`Expert::forward_masked`] (left on the device: the
+/// download stage reads it with the outputs, so checking costs no extra sync).
+pub(crate) fn forward_chunked(
+    e: &Expert,
+    x: &Tensor,
+    chunk: &mut usize,
+    fp16: bool,
+    progress: &dyn Progress,
+) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let n = x.size()[0] as usize;
     let autocast = fp16 && e.device().is_cuda();
     loop {
         let mut srs = Vec::new();
         let mut feats = Vec::new();
+        let mut masks = Vec::new();
         let mut start = 0;
         let mut oom = false;
         while start < n {
             let len = (*chunk).min(n - start);
             let part = x.f_narrow(0, start as i64, len as i64).map_err(torch("split batch"))?;
-            match tch::autocast(autocast, || e.forward(&part)) {
-                Ok((sr, feat)) => {
+            match tch::autocast(autocast, || e.forward_masked(&part)) {
+                Ok((sr, feat, finite)) => {
                     srs.push(sr);
                     feats.extend(feat);
+                    masks.push(finite);
                 }
                 Err(err) if err.is_oom() && *chunk > 1 => {
                     oom = true;
@@ -240,7 +252,7 @@ pub(crate) fn forward_chunked(e: &Expert, x: &Tensor, chunk: &mut usize, fp16: b
         }
         if oom {
             // Free what the failed attempt left in the caching allocator before retrying smaller.
-            drop((srs, feats));
+            drop((srs, feats, masks));
             *chunk /= 2;
             progress.message(&format!(
                 "expert {}: out of memory on {}, retrying with batch {}",
@@ -253,12 +265,13 @@ pub(crate) fn forward_chunked(e: &Expert, x: &Tensor, chunk: &mut usize, fp16: b
         let cat = |v: &[Tensor]| Tensor::f_cat(v, 0).map_err(torch("join batch chunks"));
         let sr = if srs.len() == 1 { srs.pop().unwrap_or_else(Tensor::new) } else { cat(&srs)? };
         let feat = if feats.is_empty() { None } else { Some(cat(&feats)?) };
-        return Ok((sr, feat));
+        let finite = if masks.len() == 1 { masks.pop().unwrap_or_else(Tensor::new) } else { cat(&masks)? };
+        return Ok((sr, feat, finite));
     }
 }
 
 /// Casts an expert's outputs to their storage dtypes on the device (so only stored bytes cross the bus).
-fn to_storage(e: &Expert, lay: &ExpertLayout, expert: usize, sr: &Tensor, feat: Option<&Tensor>) -> Result<OnDevice> {
+fn to_storage(e: &Expert, lay: &ExpertLayout, expert: usize, sr: &Tensor, feat: Option<&Tensor>, finite: Tensor) -> Result<OnDevice> {
     let ctx = || format!("expert {} outputs", e.name());
     let store = crate::layout::to_storage(sr, lay.sr_dtype).map_err(torch(ctx()))?;
     let sr_u8 = sr
@@ -272,7 +285,7 @@ fn to_storage(e: &Expert, lay: &ExpertLayout, expert: usize, sr: &Tensor, feat: 
         Some(f) => Some(crate::layout::to_storage(f, lay.feat_dtype).map_err(torch(ctx()))?),
         None => None,
     };
-    Ok(OnDevice { expert, sr: store, sr_u8, feat })
+    Ok(OnDevice { expert, sr: store, sr_u8, feat, finite })
 }
 
 fn tensor_bytes(t: &Tensor, ctx: &str) -> Result<Vec<u8>> {
@@ -292,6 +305,18 @@ fn download(names: &[String], rx: Receiver<Computed>, tx: Sender<GroupOut>) -> R
         for (k, o) in c.outs.into_iter().enumerate() {
             let name = names.get(k).map(String::as_str).unwrap_or("?");
             let ctx = format!("expert {name} outputs to the host");
+            // NaN would be stored as black and +inf as white, and train to a NaN loss: an error naming the
+            // expert and the first such sample, before anything of the batch is written.
+            let finite = o.finite.f_to_kind(Kind::Uint8).map_err(torch(ctx.clone())).and_then(|t| tensor_bytes(&t, &ctx))?;
+            if let Some(s) = finite.iter().position(|&f| f == 0) {
+                let (sample, source) = c.batch.samples.get(s).map(|x| (x.id.clone(), x.source.clone())).unwrap_or_default();
+                return Err(CacheError::Sample {
+                    sample,
+                    what: format!(
+                        "expert {name} returned NaN or infinite values (sr or features) for this patch of {source}; nothing of its batch was written"
+                    ),
+                });
+            }
             let sr_bytes = tensor_bytes(&o.sr, &ctx)?;
             let u8_bytes = tensor_bytes(&o.sr_u8, &ctx)?;
             let feat_bytes = o.feat.as_ref().map(|f| tensor_bytes(f, &ctx)).transpose()?;

@@ -75,6 +75,7 @@ pub fn merge(root: &Path) -> Result<MergeSummary> {
     let mut rows: Vec<ManifestRow> = Vec::new();
     let mut skipped: BTreeMap<PathBuf, String> = BTreeMap::new();
     let mut names = Vec::new();
+    let mut ids: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let (mut shards, mut bytes) = (0u64, 0u64);
     for (part, dir) in &parts {
         let name = part.dir_name();
@@ -119,6 +120,18 @@ pub fn merge(root: &Path) -> Result<MergeSummary> {
             }
         }
         for r in ds.manifest() {
+            // One id is one sample: a part copied over another (or cut from another input) repeats ids, and
+            // a dataset holding them twice would count each twice and serve either by id.
+            if let Some(first) = ids.insert(r.sample_id.clone(), name.clone()) {
+                return Err(refuse(
+                    root,
+                    Some(&name),
+                    format!(
+                        "holds sample {:?}, which {first} holds too: parts must hold disjoint samples (was one part copied over another?); nothing was merged",
+                        r.sample_id
+                    ),
+                ));
+            }
             let mut r = r.clone();
             r.shard = format!("{rel}/{}", r.shard);
             rows.push(r);

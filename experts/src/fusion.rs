@@ -32,11 +32,11 @@ impl FusionSpec {
     pub fn read(run: &Path) -> Result<FusionSpec> {
         let json = run.join(Self::FILE);
         if json.exists() {
-            let text = std::fs::read(&json).map_err(|source| ExpertError::Io { path: json.clone(), source })?;
+            let text = srcache_formats::read_regular(&json).map_err(|source| ExpertError::Io { path: json.clone(), source })?;
             return serde_json::from_slice(&text).map_err(|e| ExpertError::Fusion { path: json, what: format!("not a fusion spec: {e}") });
         }
         let cfg = run.join("config.toml");
-        let text = std::fs::read_to_string(&cfg).map_err(|source| ExpertError::Io { path: cfg.clone(), source })?;
+        let text = srcache_formats::read_regular_to_string(&cfg).map_err(|source| ExpertError::Io { path: cfg.clone(), source })?;
         #[derive(Deserialize)]
         struct Run {
             model: FusionSpec,

@@ -3,7 +3,6 @@
 //! metadata, which is what `DatasetWriter::finish` does.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -163,7 +162,7 @@ impl Manifest {
 
     fn read_inner(path: &Path) -> Result<Vec<ManifestRow>> {
         let merr = |what: String| FormatError::Manifest { path: path.to_path_buf(), what };
-        let file = File::open(path).map_err(|e| FormatError::io(path, "opening manifest", e))?;
+        let file = crate::regular::open_regular(path).map_err(|e| FormatError::io(path, "opening manifest", e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| merr(format!("not a readable Parquet file: {e}")))?;
         let kv = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
         let get = |k: &str| kv.iter().find(|e| e.key == k).and_then(|e| e.value.clone());
@@ -188,7 +187,7 @@ impl Manifest {
     pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
         let merr = |what: String| FormatError::Manifest { path: path.to_path_buf(), what };
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let file = File::open(path).map_err(|e| FormatError::io(path, "opening manifest", e))?;
+            let file = crate::regular::open_regular(path).map_err(|e| FormatError::io(path, "opening manifest", e))?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| merr(format!("not a readable Parquet file: {e}")))?;
             let kv = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
             Ok(kv.into_iter().filter_map(|e| Some((e.key, e.value?))).collect())
@@ -259,4 +258,27 @@ fn read_batch(batch: &RecordBatch, rows: &mut Vec<ManifestRow>) -> std::result::
         });
     }
     Ok(())
+}
+
+impl ManifestRow {
+    /// The columns (other than shard and index) in which `self` and `other` differ: (column, self's value,
+    /// other's value), as a person reads them. What `srcache verify` and `srcache diff` report.
+    pub fn differences(&self, other: &ManifestRow) -> Vec<(&'static str, String, String)> {
+        let mut d = Vec::new();
+        let mut cmp = |what: &'static str, a: String, b: String| {
+            if a != b {
+                d.push((what, a, b));
+            }
+        };
+        cmp("sample_id", format!("{:?}", self.sample_id), format!("{:?}", other.sample_id));
+        cmp("source", format!("{:?}", self.source), format!("{:?}", other.source));
+        cmp("variant", format!("{:?}", self.variant), format!("{:?}", other.variant));
+        let patch = |r: &ManifestRow| format!("x{} y{} {}×{}", r.x, r.y, r.w, r.h);
+        cmp("patch", patch(self), patch(other));
+        let psnr = |r: &ManifestRow| r.psnr.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        cmp("psnr", psnr(self), psnr(other));
+        cmp("bytes", self.bytes.to_string(), other.bytes.to_string());
+        cmp("raw_bytes", self.raw_bytes.to_string(), other.raw_bytes.to_string());
+        d
+    }
 }

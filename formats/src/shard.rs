@@ -273,7 +273,7 @@ impl std::fmt::Debug for Shard {
 
 impl Shard {
     pub fn open(path: &Path) -> Result<Shard> {
-        let file = File::open(path).map_err(|e| FormatError::io(path, "opening shard", e))?;
+        let file = crate::regular::open_regular(path).map_err(|e| FormatError::io(path, "opening shard", e))?;
         // SAFETY: shards are immutable once renamed into place; srcache never writes a finished shard. Another
         // process truncating one underneath us is outside the contract: `check_unchanged` catches it before each
         // tensor access, and the SIGBUS handler (`sigbus`) names the shard if it happens between check and read.
@@ -506,12 +506,12 @@ impl Shard {
                     Ok(())
                 });
                 if let Err(e) = r {
-                    problems.push(Problem {
-                        shard: self.path.clone(),
-                        sample: Some(i),
-                        tensor: Some(self.schema.tensors[t].name.clone()),
-                        fault: crate::error_chain(&e),
-                    });
+                    let tensor = self.schema.tensors[t].name.clone();
+                    // The Problem prints shard, sample and tensor itself: keep only what went wrong.
+                    let chain = crate::error_chain(&e);
+                    let fault = chain.strip_prefix(&format!("{}: ", self.path.display())).unwrap_or(&chain);
+                    let fault = fault.strip_prefix(&format!("sample {i}, tensor {tensor:?}: ")).unwrap_or(fault).to_string();
+                    problems.push(Problem { shard: self.path.clone(), sample: Some(i), tensor: Some(tensor), fault });
                 }
             }
         }

@@ -25,6 +25,9 @@ impl VerifyReport {
 }
 
 fn problem(path: &Path, sample: Option<usize>, tensor: Option<String>, fault: String) -> Problem {
+    // A Problem prints its path first; an error chain that names the same path again ("cannot open: <path>:
+    // truncated ...") would show it twice.
+    let fault = fault.replacen(&format!("{}: ", path.display()), "", 1);
     Problem { shard: path.to_path_buf(), sample, tensor, fault }
 }
 
@@ -98,9 +101,15 @@ pub(crate) fn cross_check(manifest: &Path, rows: &[ManifestRow], shards: &[(&str
         }
     }
     let mut seen: HashMap<(&str, u64), usize> = HashMap::new();
+    // A sample id names one sample: two rows with one id (a part copied over another) would be read as one
+    // sample by id and counted twice by position.
+    let mut ids: HashMap<&str, usize> = HashMap::new();
     for (r, row) in rows.iter().enumerate() {
         let at =
             |what: String| problem(manifest, Some(r), None, format!("row {r} (sample {:?}, {} #{}): {what}", row.sample_id, row.shard, row.index));
+        if let Some(prev) = ids.insert(row.sample_id.as_str(), r) {
+            problems.push(at(format!("duplicate sample id: row {prev} has the same id")));
+        }
         if let Some(prev) = seen.insert((row.shard.as_str(), row.index), r) {
             problems.push(at(format!("same shard sample as row {prev}")));
             continue;
@@ -138,18 +147,5 @@ pub(crate) fn cross_check(manifest: &Path, rows: &[ManifestRow], shards: &[(&str
 }
 
 fn row_diffs(row: &ManifestRow, e: &ManifestRow) -> Vec<String> {
-    let mut d = Vec::new();
-    let mut cmp = |what: &str, a: String, b: String| {
-        if a != b {
-            d.push(format!("{what} is {a} in the manifest but {b} in the shard"));
-        }
-    };
-    cmp("sample_id", format!("{:?}", row.sample_id), format!("{:?}", e.sample_id));
-    cmp("source", format!("{:?}", row.source), format!("{:?}", e.source));
-    cmp("variant", format!("{:?}", row.variant), format!("{:?}", e.variant));
-    cmp("patch", format!("{:?}", (row.x, row.y, row.w, row.h)), format!("{:?}", (e.x, e.y, e.w, e.h)));
-    cmp("psnr", format!("{:?}", row.psnr), format!("{:?}", e.psnr));
-    cmp("bytes", row.bytes.to_string(), e.bytes.to_string());
-    cmp("raw_bytes", row.raw_bytes.to_string(), e.raw_bytes.to_string());
-    d
+    row.differences(e).into_iter().map(|(what, a, b)| format!("{what} is {a} in the manifest but {b} in the shard")).collect()
 }

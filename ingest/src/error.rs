@@ -58,6 +58,13 @@ pub enum IngestError {
     },
     #[error("{path}: {what}")]
     Resume { path: PathBuf, what: String },
+    /// An output that would overwrite or mix with what srcache did not write; nothing was changed.
+    #[error("{path}: {what}")]
+    Refused { path: PathBuf, what: String },
+    /// An input file whose bytes are not the ones fingerprinted when the run started: replaced while the run
+    /// was reading it. Not a skippable input fault: its samples would silently mix two versions.
+    #[error("{path}: changed while the run was reading it ({what}); nothing from it was written: rerun once the input folder is stable")]
+    Changed { path: PathBuf, what: String },
     #[error("{path}: nothing written: {summary}")]
     NoSamples { path: PathBuf, summary: String },
     #[error("bad ingest configuration: {what}")]

@@ -64,8 +64,21 @@ impl InputFile {
         }
     }
 
+    /// What differs between this fingerprint and `bytes` (the whole file as read now), if anything.
+    pub fn differs_from(&self, bytes: &[u8]) -> Option<String> {
+        if self.edges == UNREADABLE {
+            // Unreadable when fingerprinted: reading it now either fails (a skip) or means it changed.
+            return Some("it could not be read when the run started".into());
+        }
+        if bytes.len() as u64 != self.bytes {
+            return Some(format!("{} bytes now, {} when the run started", bytes.len(), self.bytes));
+        }
+        (edges_of(bytes) != self.edges).then(|| "same size, different bytes than when the run started".into())
+    }
+
     fn edges(path: &Path) -> std::io::Result<(u64, String)> {
-        let mut f = std::fs::File::open(path)?;
+        // Regular files only: opening a FIFO put in an image's place would block.
+        let mut f = srcache_formats::open_regular(path)?;
         let bytes = f.metadata()?.len();
         let mut h = Xxh3::new();
         let mut buf = vec![0u8; EDGE_BYTES.min(bytes) as usize];
@@ -79,6 +92,46 @@ impl InputFile {
             h.update(&buf);
         }
         Ok((bytes, format!("{:016x}", h.digest())))
+    }
+}
+
+/// [`InputFile::edges`] of a file's bytes already in memory (the same hash of the same ends).
+fn edges_of(bytes: &[u8]) -> String {
+    let n = bytes.len() as u64;
+    let mut h = Xxh3::new();
+    h.update(&bytes[..EDGE_BYTES.min(n) as usize]);
+    if n > EDGE_BYTES {
+        let tail = EDGE_BYTES.min(n - EDGE_BYTES);
+        h.update(&bytes[(n - tail) as usize..]);
+    }
+    format!("{:016x}", h.digest())
+}
+
+/// A run's input fingerprints by file path (HR and LR), for the decode workers to check the bytes they read.
+#[derive(Debug, Clone, Default)]
+pub struct Fingerprints(std::collections::HashMap<std::path::PathBuf, InputFile>);
+
+impl Fingerprints {
+    /// The entries of `list` (made by [`InputList::of`] from `entries` and `cfg`) keyed by each file's path.
+    pub fn of(entries: &[ImageEntry], cfg: &ScanConfig, list: &InputList) -> Fingerprints {
+        let hr: BTreeMap<&str, &InputFile> = list.hr.iter().map(|f| (f.path.as_str(), f)).collect();
+        let lr: BTreeMap<&str, &InputFile> = list.lr.iter().map(|f| (f.path.as_str(), f)).collect();
+        let mut map = std::collections::HashMap::new();
+        for e in entries {
+            if let Some(f) = hr.get(relative(&e.hr, &cfg.hr_dir).as_str()) {
+                map.insert(e.hr.clone(), (*f).clone());
+            }
+            if let (Some(p), Some(root)) = (&e.lr, &cfg.lr_dir) {
+                if let Some(f) = lr.get(relative(p, root).as_str()) {
+                    map.insert(p.clone(), (*f).clone());
+                }
+            }
+        }
+        Fingerprints(map)
+    }
+
+    pub fn get(&self, path: &Path) -> Option<&InputFile> {
+        self.0.get(path)
     }
 }
 

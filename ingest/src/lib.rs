@@ -4,6 +4,7 @@
 //! depend on the worker count (so a resumed run can skip exactly the samples it already has).
 //! Also home of the image maths the other stages share: `resize` and Y-channel `metrics`.
 
+pub mod budget;
 pub mod degrade;
 pub mod error;
 pub mod inputs;
@@ -20,7 +21,7 @@ pub use degrade::Variant;
 pub use error::{summarise_skipped, BoxError, IngestError, Result, Skipped};
 pub use inputs::{InputDiff, InputList};
 pub use partition::Part;
-pub use patch::PatchConfig;
+pub use patch::{PatchConfig, DEFAULT_PATCH};
 /// Re-exported so tools can size thread pools (e.g. the 1-core benchmark) with the same rayon.
 pub use rayon;
 pub use scan::{decode_all, scan, ImageEntry, ScanConfig, ScanReport};
@@ -36,6 +37,10 @@ pub fn write_png(path: &std::path::Path, img: &RgbImage) -> Result<()> {
     img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| IngestError::write(path, e))?;
     srcache_formats::write_atomic(path, buf.get_ref()).map_err(|e| IngestError::write(path, e))
 }
+
+/// Most decode workers (or images in flight) a run accepts: more threads than this is a typo, and spawning
+/// them would end in an abort rather than an error.
+pub const MAX_WORKERS: usize = 1024;
 
 /// Everything one ingest run needs.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -62,8 +67,11 @@ impl IngestConfig {
         self.scan.validate()?;
         self.patch.validate()?;
         self.parsed_variants()?;
-        if self.queue_depth == 0 {
-            return Err(IngestError::Config { what: "queue depth 0: at least one image must be in flight".into() });
+        if self.queue_depth == 0 || self.queue_depth > MAX_WORKERS {
+            return Err(IngestError::Config { what: format!("queue depth {} is outside 1..={MAX_WORKERS}", self.queue_depth) });
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(IngestError::Config { what: format!("workers {} is outside 0..={MAX_WORKERS} (0 = all cores)", self.workers) });
         }
         Ok(())
     }
@@ -97,7 +105,7 @@ impl Default for IngestConfig {
 pub struct PatchSample {
     /// `<stem>_<x>_<y>_<variant>`, stable across runs.
     pub id: String,
-    /// The HR source file.
+    /// The HR source file, relative to the input root (`stream::source_name`).
     pub source: String,
     /// The patch box in LR pixels.
     pub patch: PatchBox,

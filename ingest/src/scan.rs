@@ -76,6 +76,20 @@ pub struct ScanReport {
     /// Worth saying but not a fault: a directory reached twice through links (not searched again), a second
     /// name of a file already listed (listed once).
     pub notes: Vec<String>,
+    /// The fingerprints taken by [`ScanReport::fingerprint`]: a stream made from this report checks every
+    /// file it decodes against them, so bytes that changed since then never become samples.
+    pub fingerprints: Option<std::sync::Arc<crate::inputs::Fingerprints>>,
+}
+
+impl ScanReport {
+    /// Fingerprints the images ([`crate::InputList::of`]) and keeps the fingerprints for the stream to check
+    /// each file's bytes against as it decodes them: an input replaced while the run reads it (and perhaps
+    /// restored afterwards) is an error naming it, never samples of a version the record does not describe.
+    pub fn fingerprint(&mut self, cfg: &ScanConfig) -> crate::InputList {
+        let list = crate::InputList::of(&self.images, cfg);
+        self.fingerprints = Some(std::sync::Arc::new(crate::inputs::Fingerprints::of(&self.images, cfg, &list)));
+        list
+    }
 }
 
 /// The image files under a folder, with what the search could not read.
@@ -207,7 +221,7 @@ pub fn scan(cfg: &ScanConfig) -> Result<ScanReport> {
     if listing.files.is_empty() {
         return Err(IngestError::NoImages { path: cfg.hr_dir.clone() });
     }
-    let mut report = ScanReport { images: Vec::new(), skipped: listing.skipped, notes: listing.notes };
+    let mut report = ScanReport { images: Vec::new(), skipped: listing.skipped, notes: listing.notes, fingerprints: None };
     let (hr, dups) = unique_stems(listing.files);
     report.skipped.extend(dups);
     let mut lr_by_stem: HashMap<String, PathBuf> = HashMap::new();
@@ -241,34 +255,78 @@ pub fn scan(cfg: &ScanConfig) -> Result<ScanReport> {
     Ok(report)
 }
 
-type FileReader = image::ImageReader<std::io::BufReader<fs::File>>;
-
-fn open_image(path: &Path) -> Result<FileReader> {
+/// The bytes of an image file, read once: only a regular file is opened (a FIFO swapped in after the scan is
+/// refused, not waited on), and one over [`MAX_DECODE_BYTES`] is refused before it is read.
+fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
     let unreadable = |source| IngestError::Unreadable { path: path.to_path_buf(), source };
-    image::ImageReader::open(path).map_err(unreadable)?.with_guessed_format().map_err(unreadable)
+    let mut f = srcache_formats::open_regular(path).map_err(unreadable)?;
+    let len = f.metadata().map_err(unreadable)?.len();
+    if len > MAX_DECODE_BYTES {
+        return Err(unreadable(std::io::Error::other(format!("{len} bytes, over the {} GiB limit of one image file", MAX_DECODE_BYTES >> 30))));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.read_to_end(&mut bytes).map_err(unreadable)?;
+    Ok(bytes)
+}
+
+fn reader<'a>(path: &Path, bytes: &'a [u8]) -> Result<image::ImageReader<std::io::Cursor<&'a [u8]>>> {
+    let mut r = image::ImageReader::new(std::io::Cursor::new(bytes));
+    // The extension's format unless the content says otherwise (what `ImageReader::open` does).
+    if let Ok(f) = image::ImageFormat::from_path(path) {
+        r.set_format(f);
+    }
+    r.with_guessed_format().map_err(|source| IngestError::Unreadable { path: path.to_path_buf(), source })
 }
 
 /// Decodes any supported file to RGB8. 16-bit samples are rounded to 8 bits (v·255/65535, the `image`
-/// crate's conversion); grayscale is replicated to RGB; an alpha channel is dropped (the returned flag says so).
-/// The header is read first: images over [`MAX_SIDE`] a side or [`MAX_DECODE_BYTES`] of RGB8 are refused
+/// crate's conversion); grayscale is replicated to RGB; an alpha channel is dropped (the returned flag says so);
+/// an EXIF orientation (JPEG, TIFF, WebP, PNG eXIf) is applied, so the pixels are the picture as a viewer shows
+/// it. The header is read first: images over [`MAX_SIDE`] a side or [`MAX_DECODE_BYTES`] of RGB8 are refused
 /// before any pixel is allocated, and the decoder runs under the same limits.
 pub fn decode_rgb8(path: &Path) -> Result<(RgbImage, bool)> {
-    let (width, height) = open_image(path)?.into_dimensions().map_err(|e| IngestError::decode(path, e))?;
+    decode_rgb8_checked(path, None)
+}
+
+/// The size of an image from its header (no pixel decoded; regular files only).
+pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
+    let unreadable = |source| IngestError::Unreadable { path: path.to_path_buf(), source };
+    let f = srcache_formats::open_regular(path).map_err(unreadable)?;
+    let mut r = image::ImageReader::new(std::io::BufReader::new(f));
+    if let Ok(fmt) = image::ImageFormat::from_path(path) {
+        r.set_format(fmt);
+    }
+    r.with_guessed_format().map_err(unreadable)?.into_dimensions().map_err(|e| IngestError::decode(path, e))
+}
+
+/// [`decode_rgb8`] of bytes that must be the ones fingerprinted as `expect` (when given): a file replaced since
+/// is [`IngestError::Changed`], checked on the very bytes that are decoded.
+pub fn decode_rgb8_checked(path: &Path, expect: Option<&crate::inputs::InputFile>) -> Result<(RgbImage, bool)> {
+    let bytes = read_image_file(path)?;
+    if let Some(what) = expect.and_then(|want| want.differs_from(&bytes)) {
+        return Err(IngestError::Changed { path: path.to_path_buf(), what });
+    }
+    let (width, height) = reader(path, &bytes)?.into_dimensions().map_err(|e| IngestError::decode(path, e))?;
     let too_large = || IngestError::TooLarge { path: path.to_path_buf(), width, height, max_side: MAX_SIDE, max_gib: MAX_DECODE_BYTES >> 30 };
     if width > MAX_SIDE || height > MAX_SIDE || width as u64 * height as u64 * 3 > MAX_DECODE_BYTES {
         return Err(too_large());
     }
-    let mut reader = open_image(path)?;
+    let mut r = reader(path, &bytes)?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| match e {
+    r.limits(limits);
+    let map = |e| match e {
         // E.g. a 16-bit RGBA image whose decoded buffer would pass the limit although its RGB8 would not.
         image::ImageError::Limits(_) => too_large(),
         e => IngestError::decode(path, e),
-    })?;
+    };
+    let mut decoder = r.into_decoder().map_err(map)?;
+    // A missing or unreadable orientation is the identity: the pixels as stored.
+    let orientation = image::ImageDecoder::orientation(&mut decoder).unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(map)?;
+    img.apply_orientation(orientation);
     let had_alpha = img.color().has_alpha();
     Ok((img.into_rgb8(), had_alpha))
 }

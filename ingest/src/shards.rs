@@ -44,6 +44,45 @@ impl Default for PatchShardOptions {
 /// The record of an ingest in its output directory.
 pub const RECORD_FILE: &str = "ingest.json";
 
+/// Held (flock) by the process writing an ingest output, for the whole run: a second run into the same
+/// directory (a `--force` included) is refused before it removes or writes anything.
+pub const LOCK_FILE: &str = "ingest.lock";
+
+/// The lock on an ingest output directory (released when dropped or when the process dies).
+struct OutLock {
+    _file: std::fs::File,
+    path: std::path::PathBuf,
+    /// This run made the lock file (so a run that leaves nothing behind removes it).
+    created: bool,
+}
+
+fn lock_output(out: &Path) -> Result<OutLock> {
+    let path = out.join(LOCK_FILE);
+    let created = !path.exists();
+    let file = std::fs::File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| IngestError::write(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(OutLock { _file: file, path, created }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(IngestError::Refused {
+            path: out.to_path_buf(),
+            what: "another srcache process is writing this ingest output (its lock is held); wait for it or stop it (nothing was changed)".into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(IngestError::write(&path, e)),
+    }
+}
+
+impl OutLock {
+    /// Leaves the directory as the run found it: the lock file removed if this run made it, the directory
+    /// too if it did not exist before (and is empty).
+    fn release(self, existed: bool, out: &Path) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        if !existed {
+            let _ = std::fs::remove_dir(out);
+        }
+    }
+}
+
 /// Version of the [`IngestRecord`] layout.
 const RECORD_VERSION: u32 = 1;
 
@@ -85,7 +124,7 @@ impl IngestRecord {
             settings: RecordSettings {
                 scale: cfg.scan.scale,
                 patch: cfg.patch.size,
-                stride: cfg.patch.stride,
+                stride: cfg.patch.stride(),
                 flat_threshold: cfg.patch.flat_threshold,
                 variants,
                 seed: cfg.seed,
@@ -129,7 +168,12 @@ impl IngestRecord {
 fn remove_own_files(dir: &Path) -> Result<()> {
     let rd = std::fs::read_dir(dir).map_err(|e| IngestError::write(dir, e))?;
     for ent in rd {
-        let p = ent.map_err(|e| IngestError::write(dir, e))?.path();
+        let ent = ent.map_err(|e| IngestError::write(dir, e))?;
+        // The lock stays: this process holds it, and a new file would be a second, unheld lock.
+        if ent.file_name() == LOCK_FILE {
+            continue;
+        }
+        let p = ent.path();
         std::fs::remove_file(&p).map_err(|e| IngestError::write(&p, e))?;
     }
     Ok(())
@@ -262,22 +306,45 @@ pub fn write_patch_dataset(
     on_progress: &dyn Fn(usize, usize),
 ) -> Result<PatchDatasetSummary> {
     cfg.validate()?;
+    // The storage settings too (a zstd level outside -7..=22, a zero shard size), before the folder is touched:
+    // a refused start must not leave a record that then refuses the corrected command.
+    patch_schema(cfg.scan.scale, cfg.patch.size, opts.codec).validate()?;
+    if opts.target_shard_bytes == 0 {
+        return Err(IngestError::Config { what: "target shard size 0: must be at least 1 byte".into() });
+    }
     // First, before the (long) scan: `--out ~` or any directory with files srcache did not write is refused.
-    let state = srcache_formats::check_output_dir(out, &[RECORD_FILE])?;
-    let report = crate::scan(&cfg.scan)?;
+    let state = srcache_formats::check_output_dir(out, &[RECORD_FILE, LOCK_FILE])?;
+    let mut report = crate::scan(&cfg.scan)?;
     if cfg.strict {
         // Before the output directory is touched: a strict run that cannot start leaves nothing behind.
         if let Some(s) = report.skipped.first() {
             return Err(s.to_error());
         }
     }
-    let record = IngestRecord::new(cfg, opts, InputList::of(&report.images, &cfg.scan));
+    // Kept in the report too: the stream checks each file it decodes against its fingerprint.
+    let record = IngestRecord::new(cfg, opts, report.fingerprint(&cfg.scan));
     let existed = state != DirState::Missing;
-    let new_record = prepare_output(out, state, &record, opts.force)?;
+    // The lock before anything is removed or written (`--force` included): a second run is refused, not mixed in.
+    std::fs::create_dir_all(out).map_err(|e| IngestError::write(out, e))?;
+    let lock = match lock_output(out) {
+        Ok(l) => l,
+        Err(e) => {
+            if !existed {
+                let _ = std::fs::remove_dir(out);
+            }
+            return Err(e);
+        }
+    };
+    let new_record = match prepare_output(out, state, &record, opts.force) {
+        Ok(n) => n,
+        Err(e) => {
+            lock.release(existed, out);
+            return Err(e);
+        }
+    };
     let werr = |e: srcache_formats::FormatError| IngestError::write(out, e);
     let record_path = out.join(RECORD_FILE);
     if new_record {
-        std::fs::create_dir_all(out).map_err(|e| IngestError::write(out, e))?;
         let json = serde_json::to_vec_pretty(&record).map_err(|e| IngestError::write(&record_path, e))?;
         srcache_formats::write_atomic(&record_path, &json).map_err(|e| IngestError::write(&record_path, e))?;
     }
@@ -321,9 +388,7 @@ pub fn write_patch_dataset(
         // corrected rerun is not refused as "a different ingest".
         drop(writer);
         let _ = std::fs::remove_file(&record_path);
-        if !existed {
-            let _ = std::fs::remove_dir(out);
-        }
+        lock.release(existed, out);
         return Err(IngestError::NoSamples { path: out.to_path_buf(), summary: summarise_skipped(images, &skipped) });
     }
     let listed = serde_json::to_string(&skipped).map_err(|e| IngestError::write(&out.join(MANIFEST_FILE), e))?;
@@ -345,10 +410,10 @@ mod tests {
         let rec = IngestRecord::new(&cfg, &opts, InputList::default());
         let back: IngestRecord = serde_json::from_str(&serde_json::to_string_pretty(&rec).expect("json")).expect("parse");
         assert_eq!(back.diff(&rec), None);
-        cfg.patch.stride = 7;
+        cfg.patch.stride = Some(7);
         cfg.seed = 3;
         let d = back.diff(&IngestRecord::new(&cfg, &opts, InputList::default())).expect("differs");
-        assert_eq!(d, "seed was 0, now 3; stride was 48, now 7");
+        assert_eq!(d, "seed was 0, now 3; stride was 64, now 7");
     }
 
     #[test]

@@ -16,11 +16,13 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use image::RgbImage;
 use rayon::prelude::*;
 
+use crate::budget::{budget_bytes, Budget, BUDGET_ENV};
 use crate::degrade::Variant;
 use crate::error::{summarise_skipped, IngestError, Result, Skipped};
+use crate::inputs::Fingerprints;
 use crate::patch::{crop, grid, luma_variance, patch_id};
 use crate::resize::{imresize, mod_crop, try_bicubic_lr, SmallerThanScale};
-use crate::scan::{check_scale, decode_rgb8, list_dir, scan, unique_stems, ImageEntry, ScanReport};
+use crate::scan::{check_scale, decode_rgb8, decode_rgb8_checked, image_dimensions, list_dir, scan, unique_stems, ImageEntry, ScanReport};
 use crate::{IngestConfig, PatchSample};
 
 /// TEST HOOK, not a setting: when this environment variable holds an image stem, the ingest workers (of
@@ -62,8 +64,14 @@ pub struct PreparedImage {
 /// Decodes an entry's HR (and LR if paired) and checks the LR size, or generates LR with MATLAB bicubic.
 /// An HR image smaller than `scale` is an error (`SmallerThanScale`), not an empty LR.
 pub fn prepare_image(entry: &ImageEntry, scale: u32) -> Result<PreparedImage> {
+    prepare_image_checked(entry, scale, None)
+}
+
+/// [`prepare_image`], each file's bytes checked against its fingerprint in `prints` (when given).
+fn prepare_image_checked(entry: &ImageEntry, scale: u32, prints: Option<&Fingerprints>) -> Result<PreparedImage> {
     check_scale(scale)?;
-    let (hr, a1) = decode_rgb8(&entry.hr)?;
+    let expect = |p: &Path| prints.and_then(|f| f.get(p));
+    let (hr, a1) = decode_rgb8_checked(&entry.hr, expect(&entry.hr))?;
     let small = |SmallerThanScale(width, height)| IngestError::SmallerThanScale { path: entry.hr.clone(), width, height, scale };
     match &entry.lr {
         None => {
@@ -74,7 +82,7 @@ pub fn prepare_image(entry: &ImageEntry, scale: u32) -> Result<PreparedImage> {
             if hr.width() < scale || hr.height() < scale {
                 return Err(small(SmallerThanScale(hr.width(), hr.height())));
             }
-            let (lr, a2) = decode_rgb8(lr_path)?;
+            let (lr, a2) = decode_rgb8_checked(lr_path, expect(lr_path))?;
             let hr = mod_crop(&hr, scale);
             let (want_w, want_h) = (hr.width() / scale, hr.height() / scale);
             if lr.dimensions() != (want_w, want_h) {
@@ -93,14 +101,23 @@ pub fn prepare_image(entry: &ImageEntry, scale: u32) -> Result<PreparedImage> {
     }
 }
 
-fn process(entry: &ImageEntry, cfg: &IngestConfig, variants: &[Variant]) -> Result<(Vec<PatchSample>, bool)> {
+/// A sample's `source`: the HR file's path relative to the input root, `/`-separated (`0801.png`,
+/// `sub/0802.png`). Not the path as given on the command line: that depended on the working directory and on where
+/// the input folder was, so moving a dataset changed its manifest (and the trainer's split, which hashes it).
+pub fn source_name(hr: &std::path::Path, root: &std::path::Path) -> String {
+    let rel = hr.strip_prefix(root).unwrap_or(hr);
+    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}
+
+fn process(entry: &ImageEntry, cfg: &IngestConfig, variants: &[Variant], prints: Option<&Fingerprints>) -> Result<(Vec<PatchSample>, bool)> {
     let scale = cfg.scan.scale;
-    let img = prepare_image(entry, scale)?;
+    let img = prepare_image_checked(entry, scale, prints)?;
     let size = cfg.patch.size;
     if img.lr.width() < size || img.lr.height() < size {
         return Err(IngestError::TooSmall { path: entry.hr.clone(), width: img.hr.width(), height: img.hr.height(), patch: size, scale });
     }
     let mut out = Vec::new();
+    let source = source_name(&entry.hr, &cfg.scan.hr_dir);
     for v in variants {
         let lr = if v.steps.is_empty() {
             img.lr.clone()
@@ -117,7 +134,7 @@ fn process(entry: &ImageEntry, cfg: &IngestConfig, variants: &[Variant]) -> Resu
             }
             out.push(PatchSample {
                 id: patch_id(&entry.stem, &b, &v.name),
-                source: entry.hr.display().to_string(),
+                source: source.clone(),
                 patch: b,
                 variant: v.name.clone(),
                 lr: crop(&lr, &b, 1),
@@ -165,6 +182,17 @@ pub struct PatchStream {
     failed: bool,
     skipped: Arc<Mutex<Vec<Skipped>>>,
     warnings: Vec<String>,
+    /// The workers' memory bound (see [`crate::budget`]).
+    budget: Arc<Budget>,
+    /// Warnings from the workers (an image over the memory budget), moved into `warnings` as images are handed on.
+    notes: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for PatchStream {
+    fn drop(&mut self) {
+        // Workers waiting for memory give up instead of waiting for a consumer that is gone.
+        self.budget.close();
+    }
 }
 
 impl PatchStream {
@@ -237,8 +265,12 @@ impl Iterator for PatchStream {
                 continue;
             };
             let entry = &self.images[self.next];
+            self.budget.release(self.next, self.next + 1);
             self.next += 1;
             let _ = self.tokens.try_send(());
+            if let Ok(mut n) = self.notes.lock() {
+                self.warnings.append(&mut n);
+            }
             match done {
                 Ok((samples, alpha)) => {
                     if alpha {
@@ -292,6 +324,8 @@ pub fn stream_from(cfg: &IngestConfig, mut report: ScanReport) -> Result<PatchSt
     let images = Arc::new(report.images.clone());
     let n = images.len();
     let fault = fault_stem();
+    let budget = Arc::new(Budget::new(budget_bytes()));
+    let notes: Arc<Mutex<Vec<String>>> = Arc::default();
     let spawn_err = |e: std::io::Error| IngestError::Config { what: format!("cannot start ingest thread: {e}") };
     std::thread::Builder::new()
         .name("ingest-feed".into())
@@ -306,7 +340,8 @@ pub fn stream_from(cfg: &IngestConfig, mut report: ScanReport) -> Result<PatchSt
         .map_err(spawn_err)?;
     for w in 0..workers {
         let (job_rx, res_tx, images) = (job_rx.clone(), res_tx.clone(), images.clone());
-        let (cfg, variants, fault) = (cfg.clone(), variants.clone(), fault.clone());
+        let (cfg, variants, fault, prints) = (cfg.clone(), variants.clone(), fault.clone(), report.fingerprints.clone());
+        let (budget, notes) = (budget.clone(), notes.clone());
         std::thread::Builder::new()
             .name(format!("ingest-{w}"))
             .spawn(move || {
@@ -314,7 +349,25 @@ pub fn stream_from(cfg: &IngestConfig, mut report: ScanReport) -> Result<PatchSt
                 for i in job_rx {
                     notice.current = Some(i);
                     let entry = &images[i];
-                    let r = guarded(&entry.hr, &entry.stem, fault.as_deref(), || process(entry, &cfg, &variants));
+                    // Memory: the estimate from the header (an unreadable header costs nothing here; the
+                    // decode reports it).
+                    let cost = image_dimensions(&entry.hr).map(|(w, h)| crate::budget::cost(w, h, variants.len())).unwrap_or(0);
+                    if cost > budget.limit() {
+                        if let Ok(mut n) = notes.lock() {
+                            n.push(format!(
+                                "{}: needs about {} MiB to process, over the decode memory budget of {} MiB ({BUDGET_ENV}): processed when at the head of the stream, beside no more than the budget",
+                                entry.hr.display(),
+                                cost >> 20,
+                                budget.limit() >> 20
+                            ));
+                        }
+                    }
+                    if !budget.acquire(i, cost) {
+                        // The stream was dropped: nobody waits for this image.
+                        notice.current = None;
+                        return;
+                    }
+                    let r = guarded(&entry.hr, &entry.stem, fault.as_deref(), || process(entry, &cfg, &variants, prints.as_deref()));
                     notice.current = None;
                     if res_tx.send(Msg::Done(i, r)).is_err() {
                         return;
@@ -334,7 +387,67 @@ pub fn stream_from(cfg: &IngestConfig, mut report: ScanReport) -> Result<PatchSt
         failed: false,
         skipped: Arc::new(Mutex::new(report.skipped)),
         warnings: report.notes,
+        budget,
+        notes,
     })
+}
+
+/// `p` made absolute with its links resolved, also when it does not exist yet (its nearest existing ancestor
+/// is resolved and the rest appended).
+fn resolved(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut tail = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(cur) {
+            return tail.iter().rev().fold(c, |acc: PathBuf, part| acc.join(part));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// An LR folder inside (or equal to) its HR folder would mix LR files into the HR images the next scan reads.
+fn check_lr_out(hr_dir: &Path, out: &Path) -> Result<()> {
+    let (hr, o) = (resolved(hr_dir), resolved(out));
+    if o.starts_with(&hr) {
+        return Err(IngestError::Refused {
+            path: out.to_path_buf(),
+            what: format!(
+                "is the HR folder {} or inside it: the LR files would be read as HR images by the next scan; choose an --out outside it (nothing was written)",
+                hr_dir.display()
+            ),
+        });
+    }
+    if out.exists() && !out.is_dir() {
+        return Err(IngestError::Refused { path: out.to_path_buf(), what: "is a file, not a folder (nothing was written)".into() });
+    }
+    Ok(())
+}
+
+/// An exclusive flock on the directory `dir` itself, held while the returned handle lives.
+fn lock_folder(dir: &Path) -> Result<std::fs::File> {
+    let f = std::fs::File::open(dir).map_err(|e| IngestError::write(dir, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(IngestError::Refused {
+            path: dir.to_path_buf(),
+            what: "another srcache process is writing this folder (its lock is held); wait for it or stop it (nothing was written)".into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(IngestError::write(dir, e)),
+    }
+}
+
+/// PNG bytes of `img` (`path` names the file they are for, in an error).
+fn png_bytes(path: &Path, img: &RgbImage) -> Result<Vec<u8>> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| IngestError::write(path, e))?;
+    Ok(buf.into_inner())
 }
 
 /// `0001.png` -> `0001x4.png`, keeping a stem that is not UTF-8 as it is.
@@ -364,25 +477,65 @@ pub fn write_lr_folder(hr_dir: &Path, scale: u32, out: &Path, strict: bool, on_d
             return Err(s.to_error());
         }
     }
+    check_lr_out(hr_dir, out)?;
     std::fs::create_dir_all(out).map_err(|e| IngestError::write(out, e))?;
+    // Held for the whole run, on the folder itself (no lock file among the LR images): a second run into the
+    // same folder is refused instead of racing this one's writes.
+    let _lock = lock_folder(out)?;
     let fault = fault_stem();
+    let lr_of = |f: &PathBuf| -> Result<Vec<u8>> {
+        let (hr, _) = decode_rgb8(f)?;
+        let (_, lr) = try_bicubic_lr(&hr, scale).map_err(|SmallerThanScale(width, height)| IngestError::SmallerThanScale {
+            path: f.clone(),
+            width,
+            height,
+            scale,
+        })?;
+        png_bytes(&out.join(lr_file_name(f, scale)), &lr)
+    };
+    // Files already in --out under an LR name are overwritten only when they hold exactly what this run writes
+    // (a rerun); anything else there is a user's file or another run's LR, and the whole run is refused before
+    // it writes a byte. Those images are therefore computed first.
+    let (existing, fresh): (Vec<_>, Vec<_>) = files.iter().partition(|(_, f)| out.join(lr_file_name(f, scale)).symlink_metadata().is_ok());
+    let conflicts: Vec<PathBuf> = existing
+        .par_iter()
+        .filter_map(|(_, f)| {
+            let target = out.join(lr_file_name(f, scale));
+            match (lr_of(f), std::fs::read(&target)) {
+                (Ok(bytes), Ok(there)) if bytes == there => None,
+                // An input fault is reported as a skip below; it writes nothing either way.
+                (Err(e), _) if e.is_input_fault() => None,
+                _ => Some(target),
+            }
+        })
+        .collect();
+    if let Some(first) = conflicts.first() {
+        let more = if conflicts.len() > 1 { format!(" (and {} more)", conflicts.len() - 1) } else { String::new() };
+        return Err(IngestError::Refused {
+            path: first.clone(),
+            what: format!(
+                "cannot write here: it already exists and is not the LR this run writes{more}; not overwritten (nothing was written): move it, or choose another --out"
+            ),
+        });
+    }
     // Set by the first error that ends the run, so the other workers stop taking new files.
     let stop = AtomicBool::new(false);
-    let results: Vec<(PathBuf, Option<Result<()>>)> = files
+    let results: Vec<(PathBuf, Option<Result<()>>)> = existing
+        .iter()
+        .chain(&fresh)
+        .collect::<Vec<_>>()
         .par_iter()
         .map(|(stem, f)| {
             if stop.load(Ordering::Relaxed) {
                 return (f.clone(), None);
             }
+            let target = out.join(lr_file_name(f, scale));
             let r = guarded(f, stem, fault.as_deref(), || {
-                let (hr, _) = decode_rgb8(f)?;
-                let (_, lr) = try_bicubic_lr(&hr, scale).map_err(|SmallerThanScale(width, height)| IngestError::SmallerThanScale {
-                    path: f.clone(),
-                    width,
-                    height,
-                    scale,
-                })?;
-                crate::write_png(&out.join(lr_file_name(f, scale)), &lr)
+                let bytes = lr_of(f)?;
+                if std::fs::read(&target).is_ok_and(|there| there == bytes) {
+                    return Ok(());
+                }
+                srcache_formats::write_atomic(&target, &bytes).map_err(|e| IngestError::write(&target, e))
             });
             if r.as_ref().is_err_and(|e| strict || !e.is_input_fault()) {
                 stop.store(true, Ordering::Relaxed);
@@ -426,6 +579,8 @@ mod tests {
             failed: false,
             skipped: Arc::new(Mutex::new(Vec::new())),
             warnings: Vec::new(),
+            budget: Arc::new(Budget::new(1 << 30)),
+            notes: Arc::default(),
         };
         (s, tx)
     }

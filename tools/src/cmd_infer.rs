@@ -54,6 +54,9 @@ pub fn run(a: Args) -> Result<()> {
         let result = (|| -> Result<()> {
             let (lr, _) = srcache_ingest::scan::decode_rgb8(f)?;
             let out = run_image(&stack, fuser, &lr)?;
+            for n in &out.notes {
+                bar.suspend(|| eprintln!("note: {}: {n}", f.display()));
+            }
             let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let write = |method: &str, img: &image::RgbImage| -> Result<()> {
                 Ok(srcache_ingest::write_png(&a.out.join(format!("{stem}_{method}.png")), img)?)
@@ -69,7 +72,8 @@ pub fn run(a: Args) -> Result<()> {
             Ok(())
         })();
         if let Err(e) = result {
-            bar.println(format!("skipped {}: {e:#}", f.display()));
+            // `suspend`, not `println`: a hidden bar (stderr not a terminal) drops its printlns.
+            bar.suspend(|| eprintln!("skipped {}: {e:#}", f.display()));
             failed += 1;
         }
         bar.inc(1);

@@ -41,6 +41,7 @@ pub struct LrArgs {
 
 #[derive(ClapArgs)]
 pub struct PatchesArgs {
+    /// HR image folder (searched recursively).
     #[arg(long)]
     pub hr: PathBuf,
     /// Existing LR folder (DIV2K `0001x4.png` or same names); generated with MATLAB bicubic when absent.
@@ -49,12 +50,13 @@ pub struct PatchesArgs {
     /// Super-resolution scale (1..=8).
     #[arg(long, default_value_t = 4)]
     pub scale: u32,
-    /// Patch size in LR pixels (at least 1).
-    #[arg(long, default_value_t = 64)]
+    /// Patch side in LR pixels (at least 1).
+    #[arg(long, default_value_t = srcache_ingest::DEFAULT_PATCH)]
     pub patch: u32,
-    /// Distance between patch origins in LR pixels (at least 1).
-    #[arg(long, default_value_t = 48)]
-    pub stride: u32,
+    /// Distance between patch origins in LR pixels (at least 1) [default: the patch size: adjacent patches, no
+    /// overlap; the same default as `srcache cache`].
+    #[arg(long)]
+    pub stride: Option<u32>,
     /// Skip patches whose LR luma variance is below this.
     #[arg(long)]
     pub flat_threshold: Option<f32>,

@@ -16,7 +16,8 @@ pub struct TrainArgs {
     /// Cached dataset directory (shards + manifest.parquet).
     #[arg(long)]
     pub data: PathBuf,
-    /// Run directory: checkpoints, metrics.csv, metrics.parquet, curves.png, val.json, val.log, fusion.pt.
+    /// Run directory: checkpoints, metrics.csv, metrics.parquet, curves.png/.svg, val.json, val.log,
+    /// val_sheet.png/.svg, TensorBoard events (tb/; `tensorboard = false` in the config turns them off), fusion.pt.
     #[arg(long)]
     pub out: PathBuf,
     /// Continue from the run directory's latest checkpoint (same loss curve as an uninterrupted run).
@@ -41,19 +42,19 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(d) = &a.device {
         cfg.device = d.clone();
     }
+    // Every number range-checked, naming the config file, before anything is opened or written.
+    cfg.validate(&a.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into()))?;
     let pb = ProgressBar::new(cfg.steps);
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} eta {eta} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    // One rate, the trainer's (training time only, validation and checkpoints left out): indicatif's own
+    // {per_sec} counted wall time and disagreed with it.
+    pb.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps eta {eta} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     pb.enable_steady_tick(Duration::from_millis(500));
-    let mut last_rate = (0.0, 0.0);
+    let mut last_val = None;
     let summary = train(&cfg, &a.data, &a.out, a.resume, &mut |row| {
         pb.set_position(row.step);
-        if row.steps_per_s > 0.0 {
-            last_rate = (row.steps_per_s, row.samples_per_s);
-        }
-        let val = row.val_psnr.map(|v| format!(" val {v:.2} dB")).unwrap_or_default();
-        pb.set_message(format!("loss {:.5} lr {:.2e} {:.2} steps/s {:.1} samples/s{val}", row.loss, row.lr, last_rate.0, last_rate.1));
+        last_val = row.val_psnr.or(last_val);
+        let val = last_val.map(|v| format!(" val {v:.2} dB")).unwrap_or_default();
+        pb.set_message(format!("loss {:.5} lr {:.2e} {:.2} steps/s {:.1} samples/s{val}", row.loss, row.lr, row.steps_per_s, row.samples_per_s));
     })
     .with_context(|| format!("training on {}", a.data.display()))?;
     pb.finish();

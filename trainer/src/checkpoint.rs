@@ -64,7 +64,7 @@ pub fn latest(run: &Path) -> Result<Option<PathBuf>> {
     if !p.exists() {
         return Ok(None);
     }
-    let name = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+    let name = srcache_formats::read_regular_to_string(&p).map_err(io_err(&p))?;
     let dir = ckpt_root(run).join(name.trim());
     if !dir.join("state.json").exists() {
         return Err(TrainerError::Checkpoint { path: dir, why: "latest points at a checkpoint without state.json".into() });
@@ -74,7 +74,7 @@ pub fn latest(run: &Path) -> Result<Option<PathBuf>> {
 
 pub fn read_state(dir: &Path) -> Result<TrainState> {
     let p = dir.join("state.json");
-    let bytes = std::fs::read(&p).map_err(io_err(&p))?;
+    let bytes = srcache_formats::read_regular(&p).map_err(io_err(&p))?;
     serde_json::from_slice(&bytes).map_err(|e| TrainerError::Checkpoint { path: p, why: e.to_string() })
 }
 

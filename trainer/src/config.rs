@@ -212,6 +212,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// TorchScript export of the EMA model at the end of training.
     pub export: bool,
+    /// TensorBoard event files under `<run>/tb/` (every logged step's scalars, each validation's tables and
+    /// contact sheet); metrics.csv and metrics.parquet are written either way.
+    pub tensorboard: bool,
 }
 
 impl Default for TrainConfig {
@@ -237,6 +240,7 @@ impl Default for TrainConfig {
             threads: None,
             seed: 0,
             export: true,
+            tensorboard: true,
         }
     }
 }
@@ -248,9 +252,73 @@ impl TrainConfig {
         Ok(srcache_experts::parse_device(&self.device)?)
     }
 
+    /// Range-checks every number of the config (a NaN learning rate or an EMA decay of 2 trains to a NaN loss,
+    /// a width of 0 or 10^5 loader workers end in a libtorch panic or an abort): an error naming the key, its
+    /// value and the range, before anything is written. `what` names the config (its file) in the error.
+    pub fn validate(&self, what: &str) -> crate::Result<()> {
+        let mut bad = Vec::new();
+        let mut range = |key: &str, ok: bool, v: String, want: &str| {
+            if !ok {
+                bad.push(format!("{key} = {v} is outside {want}"));
+            }
+        };
+        let m = &self.model;
+        range("model.width", (1..=4096).contains(&m.width), m.width.to_string(), "1..=4096");
+        range("model.blocks", (1..=256).contains(&m.blocks), m.blocks.to_string(), "1..=256");
+        range("model.feat_proj", (1..=4096).contains(&m.feat_proj), m.feat_proj.to_string(), "1..=4096");
+        range("model.scale", (1..=8).contains(&m.scale), m.scale.to_string(), "1..=8");
+        let weights = std::iter::once(("loss.weights".to_string(), &self.loss.weights))
+            .chain(self.loss.stages.iter().enumerate().map(|(i, st)| (format!("loss.stages[{i}].weights"), &st.weights)));
+        for (key, w) in weights {
+            let all = [("l1", w.l1), ("charbonnier", w.charbonnier), ("ssim", w.ssim), ("fft", w.fft), ("edge", w.edge), ("wavelet", w.wavelet)];
+            for (name, v) in all {
+                range(&format!("{key}.{name}"), v.is_finite() && v >= 0.0, v.to_string(), "finite numbers >= 0");
+            }
+            range(&key, all.iter().any(|(_, v)| *v > 0.0), "all zero".into(), "weights with at least one positive");
+        }
+        let o = &self.optim;
+        range("optim.lr", o.lr.is_finite() && o.lr > 0.0 && o.lr <= 10.0, o.lr.to_string(), "(0, 10]");
+        range("optim.min_lr", o.min_lr.is_finite() && o.min_lr >= 0.0 && o.min_lr <= o.lr, o.min_lr.to_string(), "[0, optim.lr]");
+        for (k, b) in [("optim.betas[0]", o.betas.0), ("optim.betas[1]", o.betas.1)] {
+            range(k, (0.0..1.0).contains(&b), b.to_string(), "[0, 1)");
+        }
+        range("optim.eps", o.eps.is_finite() && o.eps > 0.0 && o.eps <= 1.0, o.eps.to_string(), "(0, 1]");
+        range("optim.weight_decay", o.weight_decay.is_finite() && (0.0..=1.0).contains(&o.weight_decay), o.weight_decay.to_string(), "[0, 1]");
+        range(
+            "optim.clip_grad_norm",
+            o.clip_grad_norm.is_finite() && o.clip_grad_norm >= 0.0,
+            o.clip_grad_norm.to_string(),
+            "finite numbers >= 0 (0 = off)",
+        );
+        range("optim.ema_decay", (0.0..=1.0).contains(&o.ema_decay), o.ema_decay.to_string(), "[0, 1]");
+        range("optim.grad_accum", (1..=1024).contains(&o.grad_accum), o.grad_accum.to_string(), "1..=1024");
+        let l = &self.loader;
+        range("loader.batch_size", (1..=65536).contains(&l.batch_size), l.batch_size.to_string(), "1..=65536");
+        if let Some(c) = l.crop {
+            range("loader.crop", (1..=32768).contains(&c), c.to_string(), "1..=32768");
+        }
+        range("loader.workers", l.workers <= 256, l.workers.to_string(), "0..=256");
+        range("loader.prefetch", l.prefetch <= 64, l.prefetch.to_string(), "0..=64");
+        range("steps", (1..=1 << 40).contains(&self.steps), self.steps.to_string(), "1..=2^40");
+        range("keep_best", self.keep_best <= 1000, self.keep_best.to_string(), "0..=1000");
+        range("val_fraction", (0.0..1.0).contains(&self.val_fraction), self.val_fraction.to_string(), "[0, 1) (1 would leave nothing to train on)");
+        range("val_tile", self.val_tile <= 32768, self.val_tile.to_string(), "0..=32768 (0 = the cache's patch)");
+        if self.val_tile > 0 {
+            range("val_tile_overlap", self.val_tile_overlap < self.val_tile, self.val_tile_overlap.to_string(), "0..val_tile");
+        }
+        if let Some(t) = self.threads {
+            range("threads", (1..=1024).contains(&t), t.to_string(), "1..=1024");
+        }
+        match bad.is_empty() {
+            true => Ok(()),
+            false => Err(crate::TrainerError::Config { what: what.to_string(), why: bad.join("; ") }),
+        }
+    }
+
     /// Reads a TOML training config; unknown keys (typos such as `learning_rate`) are errors naming the key.
     pub fn from_toml_file(path: &std::path::Path) -> crate::Result<TrainConfig> {
-        let text = std::fs::read_to_string(path).map_err(crate::error::io_err(path))?;
+        // Regular files only: a FIFO given as --config would block forever.
+        let text = srcache_formats::read_regular_to_string(path).map_err(crate::error::io_err(path))?;
         toml::from_str(&text)
             .map_err(|e| crate::TrainerError::Config { what: path.display().to_string(), why: srcache_experts::toml_error(&text, &e) })
     }
