@@ -152,6 +152,79 @@ impl PcaBasis {
     }
 }
 
+/// Fits the top `k` principal components of one feature map [C, h, w] (CHW f32) by power iteration on
+/// the C×C covariance (f64), each component re-orthogonalised against the ones before it, so the rows come
+/// out orthonormal even where eigenvalues are close. Dependency-free (no torch): meant for looking at one
+/// sample (`srcache dump`'s "PCA 1-3" tile); the cache's own fit over a dataset is `srcache_cache::pca`.
+/// `k` is clamped to `1..=C`; a constant map gets an arbitrary orthonormal basis with zero explained ratios.
+pub fn fit_power_iteration(feat_chw: &[f32], channels: usize, h: usize, w: usize, k: usize) -> Result<PcaBasis> {
+    let c = channels;
+    let plane = h.checked_mul(w).ok_or_else(|| bad(format!("{h} x {w} overflows")))?;
+    if c == 0 || plane == 0 || Some(feat_chw.len()) != c.checked_mul(plane) {
+        return Err(bad(format!("feature map has {} values, expected {c} x {h} x {w} (all non-zero)", feat_chw.len())));
+    }
+    if let Some(i) = feat_chw.iter().position(|x| !x.is_finite()) {
+        return Err(bad(format!("feature value {} at channel {}, pixel {} is not finite", feat_chw[i], i / plane, i % plane)));
+    }
+    let k = k.clamp(1, c);
+    let ch = |a: usize| &feat_chw[a * plane..(a + 1) * plane];
+    let mean: Vec<f64> = (0..c).map(|a| ch(a).iter().map(|&v| v as f64).sum::<f64>() / plane as f64).collect();
+    let mut cov = vec![0f64; c * c];
+    for a in 0..c {
+        for b in a..c {
+            let s: f64 = ch(a).iter().zip(ch(b)).map(|(&x, &y)| (x as f64 - mean[a]) * (y as f64 - mean[b])).sum();
+            cov[a * c + b] = s / plane as f64;
+            cov[b * c + a] = s / plane as f64;
+        }
+    }
+    let trace: f64 = (0..c).map(|a| cov[a * c + a]).sum();
+    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(k);
+    let mut ratios = Vec::with_capacity(k);
+    let orthonormalise = |v: &mut Vec<f64>, rows: &[Vec<f64>]| -> f64 {
+        for r in rows {
+            let d: f64 = v.iter().zip(r).map(|(a, b)| a * b).sum();
+            v.iter_mut().zip(r).for_each(|(a, b)| *a -= d * b);
+        }
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if n > 1e-150 {
+            v.iter_mut().for_each(|x| *x /= n);
+        }
+        n
+    };
+    for j in 0..k {
+        // A deterministic start that is not orthogonal to typical leading components.
+        let mut v: Vec<f64> = (0..c).map(|a| 1.0 + ((a * 7 + j * 3) % 5) as f64).collect();
+        if orthonormalise(&mut v, &rows) <= 1e-150 {
+            // The start lay in the span found so far: take the first unit vector that does not.
+            for a in 0..c {
+                v = (0..c).map(|b| if a == b { 1.0 } else { 0.0 }).collect();
+                if orthonormalise(&mut v, &rows) > 1e-6 {
+                    break;
+                }
+            }
+        }
+        let mut lambda = 0.0;
+        for _ in 0..200 {
+            let mut nv: Vec<f64> = (0..c).map(|a| (0..c).map(|b| cov[a * c + b] * v[b]).sum()).collect();
+            lambda = orthonormalise(&mut nv, &rows);
+            if lambda <= 1e-30 {
+                lambda = 0.0;
+                break;
+            }
+            v = nv;
+        }
+        ratios.push(if trace > 0.0 { (lambda / trace).clamp(0.0, 1.0) as f32 } else { 0.0 });
+        rows.push(v);
+    }
+    // Rounding can push the sum of ratios a hair over 1; scale them back rather than fail validation.
+    let total: f32 = ratios.iter().sum();
+    if total > 1.0 {
+        ratios.iter_mut().for_each(|r| *r /= total);
+    }
+    let fit = BTreeMap::from([("method".to_string(), "power_iteration".to_string()), ("pixels".to_string(), plane.to_string())]);
+    PcaBasis::new(mean.iter().map(|&m| m as f32).collect(), rows.iter().flatten().map(|&x| x as f32).collect(), ratios, fit)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
@@ -186,6 +259,27 @@ mod tests {
         assert!((c[0] - (0.8 * 1.0 + 0.6 * 1.0)).abs() < 1e-6);
         let y = b.reconstruct(&c, 1, 1).unwrap();
         assert!((y[2] - 0.5).abs() < 1e-6, "channel outside the span gets the mean");
+    }
+
+    #[test]
+    fn power_iteration_finds_the_dominant_directions() {
+        // Pixels spread mostly along (0.8, 0.6, 0), less along (-0.6, 0.8, 0), not at all along z.
+        let (h, w) = (4, 8);
+        let mut x = vec![0f32; 3 * h * w];
+        for p in 0..h * w {
+            let (a, b) = ((p as f32 * 0.7).sin() * 5.0, (p as f32 * 1.3).cos());
+            x[p] = 0.8 * a - 0.6 * b + 1.0;
+            x[h * w + p] = 0.6 * a + 0.8 * b - 2.0;
+            x[2 * h * w + p] = 3.0;
+        }
+        let b = fit_power_iteration(&x, 3, h, w, 3).unwrap();
+        assert!((b.components[0].abs() - 0.8).abs() < 1e-2 && (b.components[1].abs() - 0.6).abs() < 1e-2, "{:?}", b.components);
+        assert!(b.explained_variance_ratio[0] > 0.9 && b.explained_variance_ratio[2] < 1e-6);
+        assert!((b.mean[2] - 3.0).abs() < 1e-6);
+        let c = b.project(&x, h, w).unwrap();
+        assert!(c[2 * h * w..].iter().all(|v| v.abs() < 1e-4), "no variance left on the third component");
+        assert!(fit_power_iteration(&[1.0; 2 * 3], 2, 1, 3, 5).unwrap().k == 2, "k clamps to C; constant maps fit");
+        assert!(fit_power_iteration(&[0.0; 5], 2, 1, 3, 1).is_err());
     }
 
     #[test]

@@ -188,7 +188,7 @@ fn stats_reports_experts_and_draws_histogram() {
     assert!(line.split_whitespace().nth(5) == Some(&cubic_best.to_string()), "{line} vs {cubic_best}");
     assert!(out.contains("feat/cubic"));
     let img = image::open(&png).expect("histogram png");
-    assert_eq!((img.width(), img.height()), (640, 2 * 160));
+    assert_eq!((img.width(), img.height()), (640, 2 * 220), "one 640x220 panel per expert");
 }
 
 #[test]

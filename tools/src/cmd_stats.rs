@@ -7,16 +7,16 @@ use anyhow::{bail, Context, Result};
 use srcache_formats::{Manifest, Shard, MANIFEST_FILE};
 
 use crate::cmd_inspect::{open_checked, shard_paths};
-use srcache_trainer::plot::{self as render, Canvas, HistPanel};
+use srcache_trainer::plot::{self as render, HistPanel};
 
 /// Per-expert PSNR distribution from the manifest (mean, p5, p50, p95, and how often each expert is the
 /// best on a sample), plus per-tensor value ranges from a sample of the shards. Optionally draws one
-/// PSNR histogram panel per expert into a PNG (white line = mean).
+/// PSNR histogram panel per expert (dashed line = mean) into a PNG, with an SVG twin beside it.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Dataset directory (shards + manifest.parquet).
     pub dir: PathBuf,
-    /// Also write a PNG with a PSNR histogram per expert.
+    /// Also write a PNG (and an SVG beside it) with a PSNR histogram per expert.
     #[arg(long)]
     pub histogram: Option<PathBuf>,
     /// How many samples (evenly spread over the dataset) to decode for the value ranges.
@@ -60,7 +60,7 @@ pub fn run(args: Args) -> Result<()> {
     value_ranges(&args)?;
     if let Some(out) = &args.histogram {
         draw_histograms(&per, out)?;
-        println!("wrote {}", out.display());
+        println!("wrote {} and {}", out.display(), render::svg_path(out).display());
     }
     Ok(())
 }
@@ -110,15 +110,32 @@ fn draw_histograms(per: &BTreeMap<String, Vec<f32>>, out: &std::path::Path) -> R
     let lo = all.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = all.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (0.0, 50.0) };
-    let (w, ph) = (640i64, 160i64);
-    let mut c = Canvas::new(w as u32, (ph * per.len().max(1) as i64) as u32, render::BACKGROUND);
-    for (k, (e, v)) in per.iter().enumerate() {
-        let mean = v.iter().sum::<f32>() / v.len().max(1) as f32;
-        let title = format!("{e}  mean {mean:.2} dB  n={}", v.len());
-        let counts = render::histogram(v, 40, lo, hi);
-        let panel = HistPanel { title: &title, counts: &counts, lo, hi, color: render::PALETTE[k % 8], marker: Some(mean) };
-        render::draw_hist_panel(&mut c, 0, k as i64 * ph, w, ph, &panel);
-    }
-    srcache_ingest::write_png(out, &c.img)?;
+    let titles: Vec<(String, Vec<u64>, f32)> = per
+        .iter()
+        .map(|(e, v)| {
+            let mean = v.iter().sum::<f32>() / v.len().max(1) as f32;
+            (format!("{e}: {} samples", v.len()), render::histogram(v, HIST_BINS, lo, hi), mean)
+        })
+        .collect();
+    let panels: Vec<HistPanel<'_>> = titles
+        .iter()
+        .enumerate()
+        .map(|(k, (title, counts, mean))| HistPanel {
+            title,
+            counts,
+            lo,
+            hi,
+            color: render::PALETTE[k % render::PALETTE.len()],
+            x_label: "PSNR (dB, Y channel)",
+            y_label: "Samples",
+            marker: Some((*mean, format!("mean {mean:.2} dB"))),
+        })
+        .collect();
+    render::save_histograms(&panels, HIST_W, HIST_PANEL_H, out)?;
     Ok(())
 }
+
+/// Bins over the common PSNR range; every expert's panel uses the same bins, so panels compare.
+pub const HIST_BINS: usize = 40;
+const HIST_W: u32 = 640;
+const HIST_PANEL_H: u32 = 220;

@@ -35,6 +35,9 @@ pub enum TrainerError {
     RunDir { path: PathBuf, why: String },
     #[error("metrics file {path}: {why}")]
     Metrics { path: PathBuf, why: String },
+    /// The loss stopped being a number: training cannot recover, and a model trained on NaNs is not a model.
+    #[error("training diverged at step {step}: {why}")]
+    Diverged { step: u64, why: String },
 }
 
 pub type Result<T, E = TrainerError> = std::result::Result<T, E>;

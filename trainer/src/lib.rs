@@ -16,7 +16,9 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod tensorboard;
 pub mod train;
+pub mod val_sheet;
 pub mod validate;
 
 pub use config::{FusionConfig, Head, LoaderConfig, LossConfig, LossWeights, TrainConfig};

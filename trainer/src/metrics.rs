@@ -260,8 +260,9 @@ fn faint(c: image::Rgb<u8>, t: f64) -> image::Rgb<u8> {
     image::Rgb(c.0.map(|v| (v as f64 + (255.0 - v as f64) * t).round() as u8))
 }
 
-/// Draws curves.png from the per-step rows: loss (raw per step, faint, and smoothed; log y when it spans
-/// more than a decade), learning rate, and validation PSNR (fused, with the best single expert dashed).
+/// Draws curves.png (and curves.svg beside it) from the per-step rows: loss (raw per step, faint, and
+/// smoothed; log y when it spans more than a decade), learning rate, and validation PSNR (fused, with the best
+/// single expert dashed).
 pub fn plot(rows: &[Row], png: &Path) -> Result<()> {
     use crate::plot::{save_panels, Panel, Series, Style, SERIES_COLORS};
     let loss: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, r.loss)).filter(|p| p.1.is_finite() && p.1 > 0.0).collect();
@@ -272,9 +273,9 @@ pub fn plot(rows: &[Row], png: &Path) -> Result<()> {
     let smoothed = smooth(&loss, span);
     let blue = SERIES_COLORS[0];
     let loss_panel = Panel {
-        title: "training loss".into(),
-        x_label: "step".into(),
-        y_label: if log_y { "loss (log scale)".into() } else { "loss".into() },
+        title: "Training loss".into(),
+        x_label: "Step".into(),
+        y_label: if log_y { "Loss (log scale)".into() } else { "Loss".into() },
         log_y,
         series: vec![
             Series { label: "per step".into(), color: faint(blue, 0.6), style: Style::Thin, points: loss },
@@ -283,9 +284,9 @@ pub fn plot(rows: &[Row], png: &Path) -> Result<()> {
         empty: "no steps yet".into(),
     };
     let lr_panel = Panel {
-        title: "learning rate".into(),
-        x_label: "step".into(),
-        y_label: "lr".into(),
+        title: "Learning rate".into(),
+        x_label: "Step".into(),
+        y_label: "Learning rate".into(),
         log_y: false,
         series: vec![Series {
             label: String::new(),
@@ -301,8 +302,8 @@ pub fn plot(rows: &[Row], png: &Path) -> Result<()> {
         series.push(Series { label: "best expert".into(), color: SERIES_COLORS[3], style: Style::Reference, points: vec![(s, e)] });
     }
     let val_panel = Panel {
-        title: "validation".into(),
-        x_label: "step".into(),
+        title: "Validation PSNR (Y)".into(),
+        x_label: "Step".into(),
         y_label: "PSNR (dB)".into(),
         log_y: false,
         series,
@@ -310,5 +311,5 @@ pub fn plot(rows: &[Row], png: &Path) -> Result<()> {
     };
     let x0 = rows.first().map(|r| r.step.saturating_sub(1) as f64).unwrap_or(0.0);
     let x1 = rows.last().map(|r| r.step as f64).unwrap_or(1.0);
-    save_panels(&[loss_panel, lr_panel, val_panel], (x0, x1), 420, 300, png)
+    save_panels(&[loss_panel, lr_panel, val_panel], (x0, x1), 420, 300, png).map(|_| ())
 }

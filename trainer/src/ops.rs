@@ -31,9 +31,10 @@ impl Conv {
     }
 }
 
+// No sizes are read from the tensors here or in haar_idwt: under TorchScript tracing (the exported fusion.pt)
+// a size read in Rust becomes a constant, and the traced model then only takes the example's batch and size.
 fn quads(x: &Tensor) -> Result<[Tensor; 4]> {
-    let (h, w) = (x.size()[2], x.size()[3]);
-    let e = |dy: i64, dx: i64| -> Result<Tensor> { x.f_slice(2, dy, h, 2)?.f_slice(3, dx, w, 2).ctx("haar slice") };
+    let e = |dy: i64, dx: i64| -> Result<Tensor> { x.f_slice(2, dy, None, 2)?.f_slice(3, dx, None, 2).ctx("haar slice") };
     Ok([e(0, 0)?, e(0, 1)?, e(1, 0)?, e(1, 1)?])
 }
 
@@ -58,13 +59,9 @@ pub fn haar_idwt(bands: &[Tensor; 4]) -> Result<Tensor> {
     let b = (ll + lh - hl - hh) * 0.5;
     let c = (ll - lh + hl - hh) * 0.5;
     let d = (ll - lh - hl + hh) * 0.5;
-    let s = ll.size();
-    let (bn, ch, h, w) = (s[0], s[1], s[2], s[3]);
-    // Interleave: stack the four phases then pixel-shuffle-like reshape.
-    let top = Tensor::f_stack(&[a, b], 4).ctx("idwt stack")?; // [B,C,h,w,2]
-    let bot = Tensor::f_stack(&[c, d], 4).ctx("idwt stack")?;
-    let y = Tensor::f_stack(&[top, bot], 3).ctx("idwt stack")?; // [B,C,h,2,w,2]
-    y.f_reshape([bn, ch, 2 * h, 2 * w]).ctx("idwt reshape")
+    // Interleave the four phases: [B,C,4,h,w] -> [B,4C,h,w] -> pixel shuffle puts channel 4c + 2dy + dx at
+    // (2i + dy, 2j + dx), which is a, b, c, d's order.
+    Tensor::f_stack(&[a, b, c, d], 2).and_then(|t| t.f_flatten(1, 2)).and_then(|t| t.f_pixel_shuffle(2)).ctx("idwt interleave")
 }
 
 /// Depthwise 2-D filter with a fixed kernel, replicate-padded so borders are not darkened.
@@ -129,4 +126,24 @@ pub fn mean_of(xs: &[Tensor]) -> Result<Tensor> {
 
 pub fn is_float(t: &Tensor) -> bool {
     matches!(t.kind(), Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn haar_round_trip_is_exact_and_traces_size_free() {
+        let x = Tensor::randn([2, 3, 6, 10], (Kind::Double, Device::Cpu));
+        let back = haar_idwt(&haar_dwt(&x).expect("dwt")).expect("idwt");
+        assert!(back.allclose(&x, 1e-12, 1e-12, false));
+        // Traced at 1x3x4x4, run at 2x3x6x10: a size read in Rust would have been baked in.
+        let ex = Tensor::randn([1, 3, 4, 4], (Kind::Float, Device::Cpu));
+        let mut f = |xs: &[Tensor]| vec![haar_idwt(&haar_dwt(&xs[0]).expect("dwt")).expect("idwt")];
+        let m = tch::CModule::create_by_tracing("Haar", "forward", &[ex], &mut f).expect("trace");
+        let y = x.to_kind(Kind::Float);
+        let out = m.forward_ts(&[&y]).expect("traced forward at another size");
+        assert!(out.allclose(&y, 1e-5, 1e-5, false));
+    }
 }

@@ -1,145 +1,122 @@
-//! All of srcache's drawing, dependency-free over `image::RgbImage`: a canvas with a 5x7 bitmap font, lines,
-//! line-chart panels (the trainer's curves.png), and the inspection kit (colormap, error heatmaps, histogram
-//! panels) the CLI's contact sheets and `stats` use. One module for the trainer and the CLI; a plotting crate
-//! (plotters) was not worth its font and rendering dependencies for labelled line and bar charts.
+//! All of srcache's drawing, one module for the trainer and the CLI: line charts (the run's curves), PSNR
+//! histograms (`stats --histogram`) and contact sheets (`dump`, `demo`, the validation sheet). Charts are
+//! drawn with plotters twice, on its bitmap backend (PNG) and its SVG backend (a vector file beside the PNG,
+//! for papers): axes with ticks and units, legends, mixed-case text. Text is DejaVu Sans, shipped in
+//! `trainer/assets/` and compiled in (plotters' ab_glyph renderer), so drawing needs no fontconfig or system
+//! font and looks the same on every machine. The inspection kit (colormap, heatmaps, quantiles, histogram
+//! counts) is plain pixel and number code beside it.
 
 use crate::error::{Result, TrainerError};
 use image::{Rgb, RgbImage};
-use std::path::Path;
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-/// An RGB canvas with clipped drawing primitives.
-pub struct Canvas {
-    pub img: RgbImage,
-}
+static FONT_TTF: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
-impl Canvas {
-    pub fn new(w: u32, h: u32, bg: Rgb<u8>) -> Self {
-        Canvas { img: RgbImage::from_pixel(w, h, bg) }
-    }
+/// The family every text element names: DejaVu Sans in the PNGs; SVG viewers without it use a sans-serif.
+pub const FONT_FAMILY: &str = "DejaVu Sans, sans-serif";
 
-    pub fn put(&mut self, x: i64, y: i64, c: Rgb<u8>) {
-        if x >= 0 && y >= 0 && (x as u64) < self.img.width() as u64 && (y as u64) < self.img.height() as u64 {
-            self.img.put_pixel(x as u32, y as u32, c);
-        }
-    }
-
-    pub fn fill_rect(&mut self, x: i64, y: i64, w: i64, h: i64, c: Rgb<u8>) {
-        for yy in y..y + h {
-            for xx in x..x + w {
-                self.put(xx, yy, c);
-            }
-        }
-    }
-
-    pub fn blit(&mut self, src: &RgbImage, x: i64, y: i64) {
-        for (sx, sy, p) in src.enumerate_pixels() {
-            self.put(x + sx as i64, y + sy as i64, *p);
-        }
-    }
-
-    /// A straight line `thick` pixels wide; `dash` > 0 draws `dash` pixels on, `dash` off.
-    pub fn line(&mut self, a: (f64, f64), b: (f64, f64), thick: i64, dash: usize, c: Rgb<u8>) {
-        let n = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).max(1);
-        for k in 0..=n {
-            if dash > 0 && (k / dash) % 2 == 1 {
-                continue;
-            }
-            let t = k as f64 / n as f64;
-            let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
-            self.fill_rect(x.round() as i64 - thick / 2, y.round() as i64 - thick / 2, thick, thick, c);
-        }
-    }
-
-    /// Draws `text` with the 5x7 font, `scale` pixels per font pixel; returns the width drawn.
-    pub fn text(&mut self, x: i64, y: i64, text: &str, scale: i64, c: Rgb<u8>) -> i64 {
-        let mut cx = x;
-        for ch in text.chars() {
-            let rows = glyph(ch);
-            for (ry, bits) in rows.iter().enumerate() {
-                for rx in 0..5 {
-                    if bits & (0x10 >> rx) != 0 {
-                        self.fill_rect(cx + rx as i64 * scale, y + ry as i64 * scale, scale, scale, c);
-                    }
-                }
-            }
-            cx += 6 * scale;
-        }
-        cx - x
+fn ensure_font() -> std::result::Result<(), String> {
+    static OK: OnceLock<bool> = OnceLock::new();
+    if *OK.get_or_init(|| plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT_TTF).is_ok()) {
+        Ok(())
+    } else {
+        Err("the shipped DejaVu Sans font does not parse".into())
     }
 }
 
-/// Pixel width of `text` at `scale` (see [`Canvas::text`]).
-pub fn text_width(text: &str, scale: i64) -> i64 {
-    text.chars().count() as i64 * 6 * scale
+fn font(size: u32, c: Rgb<u8>) -> TextStyle<'static> {
+    let mut t = TextStyle::from((FONT_FAMILY, size as f64).into_font());
+    t.color = rgb(c).to_backend_color();
+    t
 }
 
-/// Height of one text line at `scale`.
-pub fn text_height(scale: i64) -> i64 {
-    7 * scale
+fn rgb(c: Rgb<u8>) -> RGBColor {
+    RGBColor(c.0[0], c.0[1], c.0[2])
 }
 
-/// 5x7 glyphs, one byte per row, bit 4 = leftmost column. Lowercase is drawn as uppercase; unknown -> '?'.
-fn glyph(ch: char) -> [u8; 7] {
-    match ch.to_ascii_uppercase() {
-        ' ' => [0, 0, 0, 0, 0, 0, 0],
-        'A' => [0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
-        'B' => [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E],
-        'C' => [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E],
-        'D' => [0x1E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x1E],
-        'E' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F],
-        'F' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10],
-        'G' => [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F],
-        'H' => [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
-        'I' => [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        'J' => [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C],
-        'K' => [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11],
-        'L' => [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F],
-        'M' => [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11],
-        'N' => [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11],
-        'O' => [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'P' => [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10],
-        'Q' => [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D],
-        'R' => [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11],
-        'S' => [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E],
-        'T' => [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
-        'U' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'V' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04],
-        'W' => [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A],
-        'X' => [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11],
-        'Y' => [0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04],
-        'Z' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F],
-        '0' => [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
-        '1' => [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        '2' => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
-        '3' => [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
-        '4' => [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02],
-        '5' => [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
-        '6' => [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E],
-        '7' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
-        '8' => [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E],
-        '9' => [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
-        '.' => [0, 0, 0, 0, 0, 0x0C, 0x0C],
-        ',' => [0, 0, 0, 0, 0x0C, 0x04, 0x08],
-        ':' => [0, 0x0C, 0x0C, 0, 0x0C, 0x0C, 0],
-        '-' => [0, 0, 0, 0x1F, 0, 0, 0],
-        '+' => [0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0],
-        '_' => [0, 0, 0, 0, 0, 0, 0x1F],
-        '=' => [0, 0, 0x1F, 0, 0x1F, 0, 0],
-        '/' => [0, 0x01, 0x02, 0x04, 0x08, 0x10, 0],
-        '|' => [0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
-        '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
-        ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
-        '%' => [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
-        '<' => [0x02, 0x04, 0x08, 0x10, 0x08, 0x04, 0x02],
-        '>' => [0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08],
-        '#' => [0x0A, 0x0A, 0x1F, 0x0A, 0x1F, 0x0A, 0x0A],
-        _ => [0x0E, 0x11, 0x01, 0x02, 0x04, 0, 0x04],
+/// Where the SVG twin of a PNG goes: the same path with `.svg`.
+pub fn svg_path(png: &Path) -> PathBuf {
+    png.with_extension("svg")
+}
+
+type Drawn<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// Something drawable on any plotters backend (so one drawing makes both the PNG and the SVG).
+trait Figure {
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB>;
+}
+
+fn image_err(path: &Path, why: impl std::fmt::Display) -> TrainerError {
+    TrainerError::Image { path: path.to_path_buf(), why: why.to_string() }
+}
+
+/// Draws `fig` into an RGB image.
+fn render<F: Figure>(fig: &F, path: &Path) -> Result<RgbImage> {
+    ensure_font().map_err(|e| image_err(path, e))?;
+    let (w, h) = fig.size();
+    let mut buf = vec![255u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        fig.draw(&root).map_err(|e| image_err(path, e))?;
+        root.present().map_err(|e| image_err(path, e))?;
     }
+    RgbImage::from_raw(w, h, buf).ok_or_else(|| image_err(path, "bitmap buffer has the wrong size"))
 }
 
+/// Draws `fig` as an SVG document.
+fn render_svg<F: Figure>(fig: &F, path: &Path) -> Result<String> {
+    ensure_font().map_err(|e| image_err(path, e))?;
+    let mut s = String::new();
+    {
+        let root = SVGBackend::with_string(&mut s, fig.size()).into_drawing_area();
+        fig.draw(&root).map_err(|e| image_err(path, e))?;
+        root.present().map_err(|e| image_err(path, e))?;
+    }
+    Ok(s)
+}
+
+/// Writes `img` to `png` atomically.
+pub fn write_png(png: &Path, img: &RgbImage) -> Result<()> {
+    srcache_ingest::write_png(png, img).map_err(|e| image_err(png, srcache_formats::error_chain(&e)))
+}
+
+/// The PNG path must not be its own SVG twin (`--out plot.svg` would be overwritten by the SVG).
+fn check_png_path(png: &Path) -> Result<()> {
+    if svg_path(png) == png {
+        return Err(image_err(png, "is where the SVG twin goes: give the PNG path (e.g. plot.png); the SVG is written beside it"));
+    }
+    Ok(())
+}
+
+/// Writes the PNG and its SVG twin; returns the bitmap.
+fn save_figure<F: Figure>(fig: &F, png: &Path) -> Result<RgbImage> {
+    check_png_path(png)?;
+    let img = render(fig, png)?;
+    let svg = render_svg(fig, png)?;
+    write_png(png, &img)?;
+    let sp = svg_path(png);
+    srcache_formats::write_atomic(&sp, svg.as_bytes())?;
+    Ok(img)
+}
+
+/// PNG bytes of an image (TensorBoard image summaries, tiles embedded in SVG sheets).
+pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| image_err(Path::new("<memory>"), e))?;
+    Ok(buf.into_inner())
+}
+
+// ------------------------------------------------------------------------------------------ line charts
 pub const INK: Rgb<u8> = Rgb([30, 30, 30]);
-const GRID: Rgb<u8> = Rgb([228, 228, 228]);
-const AXIS_GREY: Rgb<u8> = Rgb([110, 110, 110]);
+const GRID: Rgb<u8> = Rgb([225, 225, 225]);
+const AXIS_GREY: Rgb<u8> = Rgb([90, 90, 90]);
 
 /// Distinct line colours (Tableau 10), in the order series are given.
 pub const SERIES_COLORS: [Rgb<u8>; 6] =
@@ -150,7 +127,7 @@ pub enum Style {
     Line,
     /// A 1-pixel line, for dense noisy traces drawn under a heavier summary line.
     Thin,
-    /// Line through the points plus a square marker at each (sparse series such as validation).
+    /// Line through the points plus a marker at each (sparse series such as validation).
     Markers,
     /// A dashed horizontal reference at the first point's y, across the whole x range.
     Reference,
@@ -161,11 +138,12 @@ pub struct Series {
     pub label: String,
     pub color: Rgb<u8>,
     pub style: Style,
-    /// (x, y) in data units; non-finite points are skipped.
+    /// (x, y) in data units; non-finite points (and, on a log axis, y <= 0) are skipped.
     pub points: Vec<(f64, f64)>,
 }
 
-/// One chart: title, axis labels, optional log10 y axis, its series; `empty` is shown when nothing is plotted.
+/// One chart: title, axis labels (with units), optional log10 y axis, its series; `empty` is shown when
+/// nothing is plotted.
 #[derive(Debug, Clone)]
 pub struct Panel {
     pub title: String,
@@ -176,34 +154,23 @@ pub struct Panel {
     pub empty: String,
 }
 
-/// "Nice" tick positions (1, 2, 5 × 10^k steps) covering [lo, hi] with about `n` ticks.
-pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
-        return if lo.is_finite() { vec![lo] } else { Vec::new() };
+impl Panel {
+    fn plotted(&self, s: &Series) -> Vec<(f64, f64)> {
+        s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite() && (!self.log_y || p.1 > 0.0)).collect()
     }
-    let raw = (hi - lo) / n.max(1) as f64;
-    let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
-    let first = (lo / step).ceil() as i64;
-    let last = (hi / step).floor() as i64;
-    (first..=last).map(|i| i as f64 * step).collect()
-}
 
-/// Ticks for a log10 axis whose data span is [lo, hi] in log10 units: 1, 2, 5 × 10^k inside the span.
-fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
-    let mut v = Vec::new();
-    for k in (lo.floor() as i64)..=(hi.ceil() as i64) {
-        for m in [1.0f64, 2.0, 5.0] {
-            let t = (m * 10f64.powi(k as i32)).log10();
-            if t >= lo - 1e-9 && t <= hi + 1e-9 {
-                v.push(t);
-            }
-        }
+    /// The y range drawn: the data's, with 5% head-room each side and a minimum span so a flat series does
+    /// not divide by zero (relative, so a learning rate of 1e-4 keeps its shape); in log10 units on a log axis.
+    fn y_range(&self) -> (f64, f64) {
+        let tf = |v: f64| if self.log_y { v.log10() } else { v };
+        let ys: Vec<f64> = self.series.iter().flat_map(|s| self.plotted(s)).map(|p| tf(p.1)).collect();
+        let (lo, hi) = ys.iter().fold((f64::MAX, f64::MIN), |a, &y| (a.0.min(y), a.1.max(y)));
+        let (lo, hi) = if ys.is_empty() { (0.0, 1.0) } else { (lo, hi) };
+        let floor = if self.log_y { 0.02 } else { (lo.abs().max(hi.abs()) * 0.01).max(1e-12) };
+        let span = (hi - lo).max(floor);
+        let mid = (lo + hi) / 2.0;
+        (mid - span * 0.55, mid + span * 0.55)
     }
-    if v.len() < 2 {
-        return nice_ticks(lo, hi, 4);
-    }
-    v
 }
 
 /// Short tick label: 12000 -> "12K", 0.0200 -> "0.02", 31.25 -> "31.25", 35.0 -> "35".
@@ -238,138 +205,382 @@ pub fn fmt_sci(v: f64) -> String {
     format!("{m}e{e}")
 }
 
-/// Draws `panel` into the box (x, y, w, h) of `c`, with x from `x_range`.
-pub fn draw_panel(c: &mut Canvas, x: i64, y: i64, w: i64, h: i64, panel: &Panel, x_range: (f64, f64)) {
-    let ts = 2;
-    c.text(x + 10, y + 8, &panel.title, ts, INK);
-    let y_label_y = y + 8 + text_height(ts) + 8;
-    c.text(x + 10, y_label_y, &panel.y_label, 1, AXIS_GREY);
-    let (left, right, top, bottom) = (x + 62, x + w - 16, y_label_y + text_height(1) + 8, y + h - 44);
-    let (pw, ph) = (right - left, bottom - top);
-    let tf = |v: f64| {
-        if panel.log_y {
-            if v > 0.0 {
-                v.log10()
-            } else {
-                f64::NAN
-            }
-        } else {
-            v
+struct Panels<'a> {
+    panels: &'a [Panel],
+    x_range: (f64, f64),
+    pw: u32,
+    ph: u32,
+}
+
+impl Figure for Panels<'_> {
+    fn size(&self) -> (u32, u32) {
+        (self.pw * self.panels.len().max(1) as u32, self.ph)
+    }
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
+        root.fill(&WHITE)?;
+        for (area, p) in root.split_evenly((1, self.panels.len().max(1))).iter().zip(self.panels) {
+            draw_panel(area, p, self.x_range)?;
         }
-    };
-    let pts: Vec<(f64, f64)> =
-        panel.series.iter().flat_map(|s| s.points.iter().map(|p| (p.0, tf(p.1)))).filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+        Ok(())
+    }
+}
+
+fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, x_range: (f64, f64)) -> Drawn<DB> {
     let (x0, mut x1) = x_range;
-    if x1 <= x0 {
+    if x1.partial_cmp(&x0) != Some(std::cmp::Ordering::Greater) {
         x1 = x0 + 1.0;
     }
-    let (mut y0, mut y1) = pts.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
-    if pts.is_empty() {
-        (y0, y1) = (0.0, 1.0);
+    let (y0, y1) = p.y_range();
+    let mut b = ChartBuilder::on(area);
+    b.caption(&p.title, font(17, INK)).margin(10).margin_right(18).x_label_area_size(44).y_label_area_size(72);
+    if p.log_y {
+        let chart = b.build_cartesian_2d(x0..x1, (10f64.powf(y0)..10f64.powf(y1)).log_scale())?;
+        panel_body(chart, p, (x0, x1), (10f64.powf(y0), 10f64.powf(y1)))
+    } else {
+        let chart = b.build_cartesian_2d(x0..x1, y0..y1)?;
+        panel_body(chart, p, (x0, x1), (y0, y1))
     }
-    // A little head-room, and a minimum span so a flat series does not divide by zero.
-    // The floor is relative in linear mode, so tiny quantities (a learning rate of 1e-4) keep their shape.
-    let floor = if panel.log_y { 0.02 } else { (y0.abs().max(y1.abs()) * 0.01).max(1e-12) };
-    let span = (y1 - y0).max(floor);
-    let mid = (y0 + y1) / 2.0;
-    (y0, y1) = (mid - span * 0.55, mid + span * 0.55);
-    let sx = |v: f64| left as f64 + (v - x0) / (x1 - x0) * pw as f64;
-    let sy = |v: f64| bottom as f64 - (v - y0) / (y1 - y0) * ph as f64;
-    let yt = if panel.log_y { log_ticks(y0, y1) } else { nice_ticks(y0, y1, 5) };
+}
+
+fn panel_body<'a, DB, Y>(mut chart: ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>, p: &Panel, xr: (f64, f64), yr: (f64, f64)) -> Drawn<DB>
+where
+    DB: DrawingBackend + 'a,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     // One notation per axis: a learning-rate axis reads 0, 5e-4, 1e-3 rather than 0, 5e-4, 0.001.
-    let y_value = |t: f64| if panel.log_y { 10f64.powf(t) } else { t };
-    let sci = yt.iter().map(|&t| y_value(t).abs()).fold(0.0, f64::max) < 1e-2;
-    for &t in &yt {
-        let py = sy(t).round() as i64;
-        c.fill_rect(left, py, pw, 1, GRID);
-        let label = if sci { fmt_sci(y_value(t)) } else { fmt_tick(y_value(t)) };
-        c.text(left - 6 - text_width(&label, 1), py - 3, &label, 1, AXIS_GREY);
-    }
-    for &t in &nice_ticks(x0, x1, 6) {
-        let px = sx(t).round() as i64;
-        c.fill_rect(px, top, 1, ph, GRID);
-        c.fill_rect(px, bottom, 1, 4, AXIS_GREY);
-        let label = fmt_tick(t);
-        c.text(px - text_width(&label, 1) / 2, bottom + 8, &label, 1, AXIS_GREY);
-    }
-    c.fill_rect(left, bottom, pw + 1, 1, INK);
-    c.fill_rect(left, top, 1, ph + 1, INK);
-    c.text(left + (pw - text_width(&panel.x_label, 1)) / 2, bottom + 24, &panel.x_label, 1, AXIS_GREY);
-    if pts.is_empty() {
-        c.text(left + (pw - text_width(&panel.empty, 1)) / 2, top + ph / 2, &panel.empty, 1, AXIS_GREY);
-        return;
-    }
-    let clamp = |p: (f64, f64)| (p.0.clamp(left as f64, right as f64), p.1.clamp(top as f64, bottom as f64));
-    let mut drawn: Vec<(f64, f64)> = Vec::new();
-    for s in &panel.series {
-        let sp: Vec<(f64, f64)> =
-            s.points.iter().map(|p| (p.0, tf(p.1))).filter(|p| p.0.is_finite() && p.1.is_finite()).map(|p| clamp((sx(p.0), sy(p.1)))).collect();
-        match s.style {
+    let sci = yr.0.abs().max(yr.1.abs()) < 1e-2;
+    let y_fmt = |v: &f64| if sci { fmt_sci(*v) } else { fmt_tick(*v) };
+    let x_fmt = |v: &f64| fmt_tick(*v);
+    chart
+        .configure_mesh()
+        .x_labels(6)
+        .y_labels(6)
+        .x_desc(p.x_label.as_str())
+        .y_desc(p.y_label.as_str())
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .label_style(font(12, AXIS_GREY))
+        .axis_desc_style(font(13, INK))
+        .bold_line_style(rgb(GRID))
+        .light_line_style(WHITE)
+        .axis_style(rgb(INK))
+        .draw()?;
+    let mut points_drawn: Vec<(f64, f64)> = Vec::new();
+    let mut any = false;
+    for s in &p.series {
+        let pts = p.plotted(s);
+        if pts.is_empty() {
+            continue;
+        }
+        any = true;
+        let color = rgb(s.color);
+        let width = if s.style == Style::Thin { 1 } else { 2 };
+        let style = ShapeStyle::from(&color).stroke_width(width);
+        let anno = match s.style {
             Style::Reference => {
-                if let Some(p) = sp.first() {
-                    c.line((left as f64, p.1), (right as f64, p.1), 1, 6, s.color);
-                    drawn.extend((0..=20).map(|k| (left as f64 + (right - left) as f64 * k as f64 / 20.0, p.1)));
-                }
+                let y = pts[0].1;
+                points_drawn.extend((0..=20).map(|k| (xr.0 + (xr.1 - xr.0) * k as f64 / 20.0, y)));
+                chart.draw_series(DashedLineSeries::new(vec![(xr.0, y), (xr.1, y)], 8, 5, style))?
             }
-            Style::Line | Style::Markers | Style::Thin => {
-                let thick = if s.style == Style::Thin { 1 } else { 2 };
-                for pair in sp.windows(2) {
-                    c.line(pair[0], pair[1], thick, 0, s.color);
+            Style::Line | Style::Thin | Style::Markers => {
+                points_drawn.extend(&pts);
+                if s.style == Style::Markers || pts.len() == 1 {
+                    chart.draw_series(pts.iter().map(|&q| Circle::new(q, 3, color.filled())))?;
                 }
-                // Sample along the segments too: a legend must not hide a line between two distant points.
-                for pair in sp.windows(2) {
-                    let n = ((pair[1].0 - pair[0].0).abs().max((pair[1].1 - pair[0].1).abs()) / 4.0).ceil().max(1.0) as usize;
-                    drawn.extend((0..n).map(|k| {
-                        let t = k as f64 / n as f64;
-                        (pair[0].0 + (pair[1].0 - pair[0].0) * t, pair[0].1 + (pair[1].1 - pair[0].1) * t)
-                    }));
-                }
-                drawn.extend(sp.last().copied());
-                if s.style == Style::Markers || sp.len() == 1 {
-                    for p in &sp {
-                        c.fill_rect(p.0.round() as i64 - 3, p.1.round() as i64 - 3, 7, 7, s.color);
-                    }
-                }
+                chart.draw_series(LineSeries::new(pts, style))?
             }
-        }
-    }
-    // Legend on a white box, in whichever inside corner covers the fewest plotted points (top right first).
-    let labelled: Vec<&Series> = panel.series.iter().filter(|s| !s.label.is_empty()).collect();
-    if labelled.len() > 1 || labelled.iter().any(|s| s.style == Style::Reference) {
-        let lw = labelled.iter().map(|s| text_width(&s.label, 1)).max().unwrap_or(0) + 30;
-        let lh = labelled.len() as i64 * 12;
-        let corners = [(right - lw - 6, top + 6), (right - lw - 6, bottom - lh - 6), (left + 8, top + 6), (left + 8, bottom - lh - 6)];
-        let covered = |&(lx, ly): &(i64, i64)| {
-            let (x0, x1, y0, y1) = ((lx - 10) as f64, (lx + lw + 10) as f64, (ly - 10) as f64, (ly + lh + 10) as f64);
-            drawn.iter().filter(|p| p.0 >= x0 && p.0 <= x1 && p.1 >= y0 && p.1 <= y1).count()
         };
-        let (lx, ly) = corners.iter().copied().min_by_key(covered).unwrap_or(corners[0]);
-        c.fill_rect(lx - 4, ly - 4, lw + 8, lh + 6, Rgb([255, 255, 255]));
-        for (i, s) in labelled.iter().enumerate() {
-            let yy = ly + i as i64 * 12 + 3;
-            let dash = if s.style == Style::Reference { 4 } else { 0 };
-            let thick = if s.style == Style::Thin { 1 } else { 2 };
-            c.line((lx as f64, yy as f64), ((lx + 20) as f64, yy as f64), thick, dash, s.color);
-            c.text(lx + 26, yy - 3, &s.label, 1, INK);
+        if !s.label.is_empty() {
+            anno.label(s.label.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
         }
     }
-}
-
-/// Panels side by side, each `pw`×`ph`, sharing the x range, saved as a PNG.
-pub fn save_panels(panels: &[Panel], x_range: (f64, f64), pw: u32, ph: u32, png: &Path) -> Result<()> {
-    let mut c = Canvas::new(pw * panels.len().max(1) as u32, ph, Rgb([255, 255, 255]));
-    for (i, p) in panels.iter().enumerate() {
-        draw_panel(&mut c, i as i64 * pw as i64, 0, pw as i64, ph as i64, p, x_range);
+    if !any {
+        let mid = ((xr.0 + xr.1) / 2.0, if p.log_y { (yr.0 * yr.1).sqrt() } else { (yr.0 + yr.1) / 2.0 });
+        let style = font(14, AXIS_GREY).pos(Pos::new(HPos::Center, VPos::Center));
+        chart.draw_series(std::iter::once(Text::new(p.empty.clone(), mid, style)))?;
+        return Ok(());
     }
-    srcache_ingest::write_png(png, &c.img).map_err(|e| TrainerError::Image { path: png.to_path_buf(), why: srcache_formats::error_chain(&e) })
+    let labelled: Vec<&Series> = p.series.iter().filter(|s| !s.label.is_empty()).collect();
+    if labelled.len() > 1 || labelled.iter().any(|s| s.style == Style::Reference) {
+        // The legend goes in whichever inside corner covers the fewest plotted points (top right first).
+        let norm = |v: f64, (lo, hi): (f64, f64), log: bool| {
+            if log {
+                (v.log10() - lo.log10()) / (hi.log10() - lo.log10())
+            } else {
+                (v - lo) / (hi - lo)
+            }
+        };
+        let unit: Vec<(f64, f64)> = points_drawn.iter().map(|q| (norm(q.0, xr, false), norm(q.1, yr, p.log_y))).collect();
+        let corners = [
+            (SeriesLabelPosition::UpperRight, (0.55, 1.0), (0.6, 1.0)),
+            (SeriesLabelPosition::LowerRight, (0.55, 1.0), (0.0, 0.4)),
+            (SeriesLabelPosition::UpperLeft, (0.0, 0.45), (0.6, 1.0)),
+            (SeriesLabelPosition::LowerLeft, (0.0, 0.45), (0.0, 0.4)),
+        ];
+        let covered = |c: &&(SeriesLabelPosition, (f64, f64), (f64, f64))| {
+            unit.iter().filter(|q| q.0 >= c.1 .0 && q.0 <= c.1 .1 && q.1 >= c.2 .0 && q.1 <= c.2 .1).count()
+        };
+        let pos = corners.iter().min_by_key(covered).map(|c| c.0.clone()).unwrap_or(SeriesLabelPosition::UpperRight);
+        chart.configure_series_labels().position(pos).label_font(font(12, INK)).background_style(WHITE.mix(0.9)).border_style(rgb(GRID)).draw()?;
+    }
+    Ok(())
 }
 
-// ------------------------------------------------------------------------ inspection images (CLI)
-pub const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
+/// Panels side by side, each `pw`×`ph`, sharing the x range: `png` and its SVG twin ([`svg_path`]).
+pub fn save_panels(panels: &[Panel], x_range: (f64, f64), pw: u32, ph: u32, png: &Path) -> Result<RgbImage> {
+    save_figure(&Panels { panels, x_range, pw, ph }, png)
+}
+
+// ------------------------------------------------------------------------------------------- histograms
+/// One histogram panel: `counts` as bars over `[lo, hi]` (equal bins), a title, axis labels with units, and
+/// an optional vertical marker (e.g. the mean, with its legend entry `marker_label`).
+pub struct HistPanel<'a> {
+    pub title: &'a str,
+    pub counts: &'a [u64],
+    pub lo: f32,
+    pub hi: f32,
+    pub color: Rgb<u8>,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub marker: Option<(f32, String)>,
+}
+
+struct Histograms<'a> {
+    panels: &'a [HistPanel<'a>],
+    w: u32,
+    ph: u32,
+}
+
+impl Figure for Histograms<'_> {
+    fn size(&self) -> (u32, u32) {
+        (self.w, self.ph * self.panels.len().max(1) as u32)
+    }
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
+        root.fill(&WHITE)?;
+        for (area, p) in root.split_evenly((self.panels.len().max(1), 1)).iter().zip(self.panels) {
+            let (lo, mut hi) = (p.lo as f64, p.hi as f64);
+            if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
+                hi = lo + 1.0;
+            }
+            let max = p.counts.iter().copied().max().unwrap_or(0).max(1) as f64;
+            let mut chart = ChartBuilder::on(area)
+                .caption(p.title, font(15, INK))
+                .margin(8)
+                .margin_right(18)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(lo..hi, 0.0..max * 1.1)?;
+            let fmt = |v: &f64| fmt_tick(*v);
+            let count_fmt = |v: &f64| if v.fract() == 0.0 { format!("{}", *v as i64) } else { String::new() };
+            chart
+                .configure_mesh()
+                .x_labels(8)
+                .y_labels(5)
+                .x_desc(p.x_label)
+                .y_desc(p.y_label)
+                .x_label_formatter(&fmt)
+                .y_label_formatter(&count_fmt)
+                .label_style(font(12, AXIS_GREY))
+                .axis_desc_style(font(13, INK))
+                .bold_line_style(rgb(GRID))
+                .light_line_style(WHITE)
+                .axis_style(rgb(INK))
+                .draw()?;
+            let n = p.counts.len().max(1) as f64;
+            let bw = (hi - lo) / n;
+            let color = rgb(p.color);
+            // One rectangle per non-empty bin: [lo + i·w, lo + (i+1)·w] × [0, count].
+            chart.draw_series(
+                p.counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &c)| c > 0)
+                    .map(|(i, &c)| Rectangle::new([(lo + i as f64 * bw, 0.0), (lo + (i + 1) as f64 * bw, c as f64)], color.filled())),
+            )?;
+            if let Some((m, label)) = &p.marker {
+                let m = (*m as f64).clamp(lo, hi);
+                let style = ShapeStyle::from(&rgb(INK)).stroke_width(2);
+                chart
+                    .draw_series(DashedLineSeries::new(vec![(m, 0.0), (m, max * 1.1)], 6, 4, style))?
+                    .label(label.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::UpperLeft)
+                    .label_font(font(12, INK))
+                    .background_style(WHITE.mix(0.9))
+                    .border_style(rgb(GRID))
+                    .draw()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Histogram panels stacked vertically, each `w`×`ph`: `png` and its SVG twin.
+pub fn save_histograms(panels: &[HistPanel<'_>], w: u32, ph: u32, png: &Path) -> Result<RgbImage> {
+    save_figure(&Histograms { panels, w, ph }, png)
+}
+
+/// Counts of `values` in `bins` equal bins over `[lo, hi]` (values outside are clamped into the end bins).
+pub fn histogram(values: &[f32], bins: usize, lo: f32, hi: f32) -> Vec<u64> {
+    let mut counts = vec![0u64; bins.max(1)];
+    let span = (hi - lo).max(f32::EPSILON);
+    for &v in values.iter().filter(|v| v.is_finite()) {
+        let b = (((v - lo) / span) * bins as f32).floor();
+        let b = (b.max(0.0) as usize).min(counts.len() - 1);
+        counts[b] += 1;
+    }
+    counts
+}
+
+// --------------------------------------------------------------------------------------- contact sheets
+pub const WHITE_RGB: Rgb<u8> = Rgb([255, 255, 255]);
 pub const BLACK: Rgb<u8> = Rgb([0, 0, 0]);
 pub const GREY: Rgb<u8> = Rgb([128, 128, 128]);
 pub const BACKGROUND: Rgb<u8> = Rgb([24, 24, 28]);
+const LABEL_INK: Rgb<u8> = Rgb([235, 235, 235]);
 
+/// Pixels between tiles (and around the sheet).
+pub const SHEET_GAP: u32 = 4;
+/// Height of the label bar above each tile.
+pub const SHEET_LABEL: u32 = 18;
+
+/// One labelled picture of a contact sheet.
+#[derive(Debug, Clone)]
+pub struct Tile {
+    pub label: String,
+    pub img: RgbImage,
+}
+
+/// A grid of labelled tiles, all `tile` sized (others are resized, nearest neighbour), row-major, `cols`
+/// per row; `None` leaves a cell empty. Tiles are copied in pixel for pixel: a sheet shows the data exactly.
+#[derive(Debug, Clone)]
+pub struct Sheet {
+    pub cols: usize,
+    pub tile: (u32, u32),
+    pub cells: Vec<Option<Tile>>,
+}
+
+impl Sheet {
+    pub fn rows(&self) -> usize {
+        self.cells.len().div_ceil(self.cols.max(1))
+    }
+
+    /// Width and height of the sheet in pixels.
+    pub fn size(&self) -> (u32, u32) {
+        let (c, r) = (self.cols.max(1) as u32, self.rows().max(1) as u32);
+        (c * self.tile.0 + (c + 1) * SHEET_GAP, r * (self.tile.1 + SHEET_LABEL) + (r + 1) * SHEET_GAP)
+    }
+
+    /// Top-left pixel of cell `idx`'s picture (below its label bar).
+    pub fn tile_origin(&self, idx: usize) -> (u32, u32) {
+        let cols = self.cols.max(1);
+        let (col, row) = ((idx % cols) as u32, (idx / cols) as u32);
+        (SHEET_GAP + col * (self.tile.0 + SHEET_GAP), SHEET_GAP + row * (self.tile.1 + SHEET_LABEL + SHEET_GAP) + SHEET_LABEL)
+    }
+
+    fn pictures(&self) -> impl Iterator<Item = (usize, &Tile)> {
+        self.cells.iter().enumerate().filter_map(|(i, t)| Some((i, t.as_ref()?)))
+    }
+
+    fn tile_image<'a>(&self, t: &'a Tile) -> std::borrow::Cow<'a, RgbImage> {
+        if t.img.dimensions() == self.tile {
+            std::borrow::Cow::Borrowed(&t.img)
+        } else {
+            std::borrow::Cow::Owned(resize_nearest(&t.img, self.tile.0, self.tile.1))
+        }
+    }
+}
+
+impl Figure for Sheet {
+    fn size(&self) -> (u32, u32) {
+        Sheet::size(self)
+    }
+    /// Background and labels; the pictures are copied in afterwards (bitmap) or embedded (SVG).
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
+        root.fill(&rgb(BACKGROUND))?;
+        for (i, t) in self.pictures() {
+            let (x, y) = self.tile_origin(i);
+            // The largest of a few sizes that fits the tile's width; past the smallest, the label is cut.
+            let mut label = t.label.clone();
+            let mut size = 13;
+            loop {
+                let w = root.estimate_text_size(&label, &font(size, LABEL_INK))?.0;
+                if w + 4 <= self.tile.0 {
+                    break;
+                }
+                if size > 9 {
+                    size -= 2;
+                } else if label.chars().count() > 2 {
+                    label = label.chars().take(label.chars().count() - 2).collect::<String>() + "…";
+                } else {
+                    break;
+                }
+            }
+            let style = font(size, LABEL_INK).pos(Pos::new(HPos::Left, VPos::Center));
+            root.draw_text(&label, &style, (x as i32 + 2, y as i32 - SHEET_LABEL as i32 / 2))?;
+        }
+        Ok(())
+    }
+}
+
+/// The sheet as a bitmap: labels drawn, pictures copied in exactly.
+pub fn render_sheet(sheet: &Sheet) -> Result<RgbImage> {
+    let mut img = render(sheet, Path::new("<contact sheet>"))?;
+    for (i, t) in sheet.pictures() {
+        let (x, y) = sheet.tile_origin(i);
+        image::imageops::replace(&mut img, sheet.tile_image(t).as_ref(), x as i64, y as i64);
+    }
+    Ok(img)
+}
+
+/// Writes the sheet as `png` and as an SVG twin whose pictures are embedded PNG `<image>` elements at the
+/// same pixel positions; returns the bitmap.
+pub fn save_sheet(sheet: &Sheet, png: &Path) -> Result<RgbImage> {
+    check_png_path(png)?;
+    let img = render_sheet(sheet)?;
+    let mut svg = render_svg(sheet, png)?;
+    let mut images = String::new();
+    for (i, t) in sheet.pictures() {
+        let (x, y) = sheet.tile_origin(i);
+        let data = base64(&png_bytes(sheet.tile_image(t).as_ref())?);
+        images.push_str(&format!(
+            "<image x=\"{x}\" y=\"{y}\" width=\"{}\" height=\"{}\" style=\"image-rendering:pixelated\" href=\"data:image/png;base64,{data}\"><title>{}</title></image>\n",
+            sheet.tile.0,
+            sheet.tile.1,
+            xml_escape(&t.label)
+        ));
+    }
+    let end = svg.rfind("</svg>").ok_or_else(|| image_err(png, "SVG backend wrote no </svg>"))?;
+    svg.insert_str(end, &images);
+    write_png(png, &img)?;
+    srcache_formats::write_atomic(&svg_path(png), svg.as_bytes())?;
+    Ok(img)
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Standard base64 with padding (RFC 4648), for data: URIs.
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(T[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------------------------- inspection kit
 /// Distinct colours for per-expert series (Tableau 10).
 pub const PALETTE: [Rgb<u8>; 8] = [
     Rgb([78, 121, 167]),
@@ -452,59 +663,9 @@ pub fn quantile(v: &mut [f32], q: f64) -> f32 {
     v[lo] + (v[hi] - v[lo]) * f
 }
 
-/// One histogram panel: `counts` as bars over `[lo, hi]`, a title, and the range printed under the axis.
-pub struct HistPanel<'a> {
-    pub title: &'a str,
-    pub counts: &'a [u64],
-    pub lo: f32,
-    pub hi: f32,
-    pub color: Rgb<u8>,
-    /// Optional vertical marker (e.g. the mean), in value units.
-    pub marker: Option<f32>,
-}
-
-/// Draws a histogram panel into `canvas` at (x, y) of size (w, h). Counts are scaled to the panel's own max.
-pub fn draw_hist_panel(canvas: &mut Canvas, x: i64, y: i64, w: i64, h: i64, p: &HistPanel<'_>) {
-    let s = 2;
-    let title_h = text_height(s) + 6;
-    let axis_h = text_height(s) + 6;
-    canvas.text(x + 4, y + 3, p.title, s, WHITE);
-    let (px, py, pw, ph) = (x + 4, y + title_h, w - 8, h - title_h - axis_h);
-    canvas.fill_rect(px, py, pw, ph, Rgb([36, 36, 42]));
-    let max = p.counts.iter().copied().max().unwrap_or(0).max(1);
-    let n = p.counts.len().max(1) as i64;
-    for (i, &c) in p.counts.iter().enumerate() {
-        let x0 = px + i as i64 * pw / n;
-        let x1 = px + (i as i64 + 1) * pw / n;
-        let bh = (c as f64 / max as f64 * (ph - 2) as f64).round() as i64;
-        canvas.fill_rect(x0, py + ph - bh, (x1 - x0 - 1).max(1), bh, p.color);
-    }
-    if let Some(m) = p.marker {
-        let span = (p.hi - p.lo).max(f32::EPSILON);
-        let mx = px + (((m - p.lo) / span).clamp(0.0, 1.0) * (pw - 1) as f32) as i64;
-        canvas.fill_rect(mx, py, 1, ph, WHITE);
-    }
-    canvas.fill_rect(px, py + ph, pw, 1, GREY);
-    let lo = format!("{:.2}", p.lo);
-    let hi = format!("{:.2}", p.hi);
-    canvas.text(px, py + ph + 4, &lo, s, GREY);
-    canvas.text(px + pw - text_width(&hi, s), py + ph + 4, &hi, s, GREY);
-}
-
-/// Counts of `values` in `bins` equal bins over `[lo, hi]` (values outside are clamped into the end bins).
-pub fn histogram(values: &[f32], bins: usize, lo: f32, hi: f32) -> Vec<u64> {
-    let mut counts = vec![0u64; bins.max(1)];
-    let span = (hi - lo).max(f32::EPSILON);
-    for &v in values.iter().filter(|v| v.is_finite()) {
-        let b = (((v - lo) / span) * bins as f32).floor();
-        let b = (b.max(0.0) as usize).min(counts.len() - 1);
-        counts[b] += 1;
-    }
-    counts
-}
-
 #[cfg(test)]
-mod inspection_tests {
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
 
     #[test]
@@ -534,30 +695,29 @@ mod inspection_tests {
     }
 
     #[test]
-    fn text_draws_pixels_and_reports_width() {
-        let mut c = Canvas::new(64, 16, BLACK);
-        let w = c.text(1, 1, "Hi", 1, WHITE);
-        assert_eq!(w, text_width("Hi", 1));
-        assert!(c.img.pixels().any(|p| *p == WHITE));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ticks_are_round_and_inside() {
-        assert_eq!(nice_ticks(0.0, 100.0, 5), vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
-        let t: Vec<String> = nice_ticks(31.13, 31.87, 4).into_iter().map(fmt_tick).collect();
-        assert_eq!(t, ["31.2", "31.4", "31.6", "31.8"]);
-        let lt = log_ticks(-2.2, -0.9);
-        assert!(lt.len() >= 3 && lt.iter().all(|t| (-2.2..=-0.9).contains(t)), "{lt:?}");
+    fn tick_labels_are_short() {
         assert_eq!(fmt_tick(12000.0), "12K");
         assert_eq!(fmt_tick(0.02), "0.02");
         assert_eq!(fmt_tick(31.25), "31.25");
         assert_eq!(fmt_tick(2400.0), "2400");
         assert_eq!(fmt_tick(3.0 * 2e-4), "6e-4");
         assert_eq!(fmt_tick(2.5e-5), "2.5e-5");
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn font_renders_text_pixels() {
+        let sheet = Sheet { cols: 1, tile: (120, 8), cells: vec![Some(Tile { label: "Mixed case".into(), img: RgbImage::new(120, 8) })] };
+        let img = render_sheet(&sheet).unwrap();
+        let label_px =
+            (0..SHEET_LABEL).flat_map(|y| (0..img.width()).map(move |x| (x, y + SHEET_GAP))).filter(|&(x, y)| img.get_pixel(x, y).0[0] > 128).count();
+        assert!(label_px > 30, "label drew {label_px} light pixels");
     }
 }

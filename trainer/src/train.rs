@@ -10,6 +10,7 @@ use crate::metrics::{MetricsCsv, MetricsParquet, Row};
 use crate::model::FusionNet;
 use crate::ops::upsample_bicubic;
 use crate::optim::{ema_update, lr_at, AdamW, LossScaler};
+use crate::tensorboard::{EventWriter, TB_DIR};
 use crate::validate::{self, FullImageVal, ValReport, ValTable};
 use srcache_formats::Dataset;
 use std::path::{Path, PathBuf};
@@ -226,22 +227,31 @@ fn xx(b: &[u8], seed: u64) -> u64 {
     h
 }
 
+/// Consecutive non-finite losses tolerated under fp16 loss scaling before a run counts as diverged.
+const MAX_NON_FINITE_STEPS: u32 = 50;
+
 /// Per-step observer (progress bars, logs).
 pub type Progress<'a> = &'a mut dyn FnMut(&Row);
 
 /// Full run over a cached dataset directory: writes checkpoints, metrics.csv (logged steps), metrics.parquet
-/// (every step), curves.png, val.json (the last validation), val.log (every validation's tables), fusion.pt.
+/// (every step), curves.png + .svg, val.json (the last validation), val.log (every validation's tables),
+/// val_sheet.png + .svg (the last validation's contact sheet), TensorBoard events in tb/, fusion.pt.
+/// The final model is always validated: at the last step, on the held-out samples (or `val_dirs`), or, when
+/// the split held no source out, on training samples (labelled so in every table).
 pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress: Progress) -> Result<TrainSummary> {
+    // Every number range-checked before anything is opened or written.
+    cfg.validate("train config")?;
     let device = cfg.device()?;
     let ds = Arc::new(Dataset::open(data)?);
-    claim_run_dir(run, resume)?;
+    // Held until the run ends: a second `train` into the same run directory is refused, not interleaved.
+    let _lock = claim_run_dir(run, resume)?;
     let mut cfg = cfg.clone();
     let (train_idx, val_idx) = split_by_source(&ds, cfg.val_fraction, cfg.seed);
     let mut lcfg = cfg.loader.clone();
     if device.is_cuda() {
         lcfg.pin_device = Some(device);
     }
-    let mut loader = Loader::new(ds.clone(), train_idx, &lcfg, LoaderPosition::default())?;
+    let mut loader = Loader::new(ds.clone(), train_idx.clone(), &lcfg, LoaderPosition::default())?;
     cfg.model.experts = loader.experts.clone();
     cfg.model.feat_channels = loader.feat_channels.clone();
     // Features cached as PCA coefficients: the model trains on them; validation projects full images' features
@@ -253,34 +263,70 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     if let Some(s) = ds.schema().and_then(|s| s.sr_scale().or_else(|| s.scale())) {
         cfg.model.scale = s;
     }
-    let cfg_text = toml::to_string(&cfg).map_err(|e| TrainerError::Config { what: "train config".into(), why: e.to_string() })?;
-    srcache_formats::write_atomic(&run.join("config.toml"), cfg_text.as_bytes())?;
     let mut tr = Trainer::new(&cfg)?;
     let resumed = if resume { tr.resume(run)? } else { None };
+    if resumed.is_some() && tr.step > cfg.steps {
+        return Err(TrainerError::RunDir {
+            path: run.to_path_buf(),
+            why: format!("is at step {}; steps = {} would end before it: give at least {} (nothing was changed)", tr.step, cfg.steps, tr.step),
+        });
+    }
+    let identity = DataIdentity::of(&ds)?;
+    identity.check(run, resumed.is_some())?;
     if let Some(pos) = resumed {
         loader.seek(pos)?;
     }
     let resume_step = resumed.map(|_| tr.step);
+    // Everything that can refuse the command (a bad val_dirs folder included) runs before the first file is
+    // written: a refused start or resume leaves the run directory as it was, and the corrected command runs.
+    let full_val = if cfg.val_dirs.is_empty() || tr.step >= cfg.steps { None } else { Some(FullImageVal::prepare(&cfg, &cfg.model, &ds)?) };
+    let cfg_text = toml::to_string(&cfg).map_err(|e| TrainerError::Config { what: "train config".into(), why: e.to_string() })?;
+    srcache_formats::write_atomic(&run.join("config.toml"), cfg_text.as_bytes())?;
+    identity.save(run)?;
     let mut csv = MetricsCsv::open(run, resume_step)?;
     let mut pq = MetricsParquet::open(run, resume_step)?;
-    // The frozen experts run over the full validation images once, here; validations only run the fusion.
-    let full_val = if cfg.val_dirs.is_empty() || tr.step >= cfg.steps { None } else { Some(FullImageVal::prepare(&cfg, &cfg.model, &ds)?) };
+    let mut tb = if cfg.tensorboard { Some(EventWriter::create(&run.join(TB_DIR), resume_step)?) } else { None };
+    // The frozen experts ran over the full validation images once, above; validations only run the fusion.
     if let Some(v) = full_val.as_ref().filter(|v| !v.skipped.is_empty()) {
         let lines: String = v.skipped.iter().map(|(p, why)| format!("validation skipped {}: {why}\n", p.display())).collect();
         append_log(run, &lines)?;
     }
     let params = crate::model::param_count(&tr.vs);
     let mut last_loss = f64::NAN;
+    let mut non_finite = 0u32;
     let mut report: Option<ValReport> = None;
     let t0 = Instant::now();
     // Training time, steps and samples since the last logged row: throughput leaves validation and
     // checkpoint time out, so full-image validations do not show up as dips in steps/s.
     let mut window = (0.0f64, 0u64, 0usize);
     let mut total_samples = 0usize;
+    // Without a held-out source (a split of very few images) the model is still scored, on training samples.
+    let (score_idx, score_source) = if val_idx.is_empty() {
+        // The first samples in dataset order, so every validation scores the same ones.
+        let mut v = train_idx.clone();
+        v.sort_unstable();
+        v.truncate(cfg.val_max_samples.max(1));
+        (v, Some(TRAIN_SCORE_SOURCE))
+    } else {
+        (val_idx.clone(), None)
+    };
     while tr.step < cfg.steps {
         let t_step = Instant::now();
         let out = tr.train_step(&mut loader)?;
         let dt_step = t_step.elapsed().as_secs_f64().max(1e-9);
+        // With fp16 loss scaling an overflowing step is skipped and the scale lowered: a few are normal. Without
+        // it, or for many steps in a row, a non-finite loss means the run diverged; ending it here keeps the last
+        // checkpoint (and a finished run never reports "final loss NaN").
+        non_finite = if out.loss.is_finite() { 0 } else { non_finite + 1 };
+        if non_finite > 0 && (!tr.scaler.enabled || non_finite >= MAX_NON_FINITE_STEPS) {
+            return Err(TrainerError::Diverged {
+                step: out.step,
+                why: format!(
+                    "loss is {} ({non_finite} step(s) in a row); lower optim.lr, check the cache with `srcache verify`, or resume from the last checkpoint",
+                    out.loss
+                ),
+            });
+        }
         last_loss = out.loss;
         total_samples += out.samples;
         window.0 += dt_step;
@@ -288,10 +334,19 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
         window.2 += out.samples;
         let last = tr.step == cfg.steps;
         let mut row = Row { step: out.step, loss: out.loss, parts: out.parts.clone(), lr: out.lr, grad_norm: out.grad_norm, ..Default::default() };
-        let has_val = !val_idx.is_empty() || full_val.is_some();
+        let has_val = !score_idx.is_empty() || full_val.is_some();
         let do_val = has_val && (last || (cfg.val_every > 0 && tr.step % cfg.val_every == 0));
         if do_val {
-            let held_out = if val_idx.is_empty() { None } else { Some(validate::held_out(&tr.ema, &ds, &val_idx, &cfg)?) };
+            // Training samples only stand in when nothing else scores the model.
+            let held_out = if score_idx.is_empty() || (score_source.is_some() && full_val.is_some()) {
+                None
+            } else {
+                let mut t = validate::held_out(&tr.ema, &ds, &score_idx, &cfg)?;
+                if let Some(src) = score_source {
+                    t.source = src.into();
+                }
+                Some(t)
+            };
             let full = match &full_val {
                 Some(v) => v.evaluate(&tr.ema)?,
                 None => Vec::new(),
@@ -301,16 +356,31 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
             row.val_ssim = r.ssim();
             row.val_best_expert_psnr = r.best_expert_psnr();
             append_log(run, &format!("{r}\n"))?;
+            if let Some(sheet) = crate::val_sheet::build(&tr.ema, &ds, &score_idx, &cfg)? {
+                let img = crate::plot::save_sheet(&sheet, &run.join("val_sheet.png"))?;
+                if let Some(tb) = tb.as_mut() {
+                    tb.image("val/sheet", tr.step, &crate::plot::png_bytes(&img)?, img.width(), img.height())?;
+                }
+            }
+            if let Some(tb) = tb.as_mut() {
+                tb.scalars(tr.step, &val_scalars(&r))?;
+            }
             report = Some(r);
         }
         pq.push(Row { steps_per_s: 1.0 / dt_step, samples_per_s: out.samples as f64 / dt_step, ..row.clone() });
+        let dt = window.0.max(1e-9);
+        row.steps_per_s = window.1 as f64 / dt;
+        row.samples_per_s = window.2 as f64 / dt;
         if last || do_val || (cfg.log_every > 0 && tr.step % cfg.log_every == 0) {
-            let dt = window.0.max(1e-9);
-            row.steps_per_s = window.1 as f64 / dt;
-            row.samples_per_s = window.2 as f64 / dt;
             window = (0.0, 0, 0);
             csv.write(&row)?;
+            if let Some(tb) = tb.as_mut() {
+                tb.scalars(row.step, &train_scalars(&row))?;
+                tb.flush()?;
+            }
         }
+        // Rows between logged steps carry the running rate of the current window: the progress bar shows
+        // one consistent steps/s and samples/s, never a zero between log points.
         progress(&row);
         if last || (cfg.ckpt_every > 0 && tr.step % cfg.ckpt_every == 0) || do_val {
             if let Some(p) = row.val_psnr {
@@ -348,13 +418,110 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
 }
 
 /// Files a training run writes into its directory.
-pub const RUN_FILES: [&str; 9] =
-    ["config.toml", "metrics.csv", "metrics.parquet", "curves.png", "val.json", "val.log", "fusion.pt", "fusion.json", "ckpt"];
+pub const RUN_FILES: [&str; 14] = [
+    "config.toml",
+    DATA_FILE,
+    "metrics.csv",
+    "metrics.parquet",
+    "curves.png",
+    "curves.svg",
+    "val.json",
+    "val.log",
+    "val_sheet.png",
+    "val_sheet.svg",
+    TB_DIR,
+    "fusion.pt",
+    "fusion.json",
+    "ckpt",
+];
+
+/// The dataset a run trains on (`data.json`): a `--resume` over another dataset is refused, not continued.
+pub const DATA_FILE: &str = "data.json";
+
+/// What identifies a dataset for a run: its sample count and the manifest's row checksum (every sample id,
+/// source, shard and index), so a copy of the same cache elsewhere resumes and any other dataset does not.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct DataIdentity {
+    /// Where it was (informational: a moved copy is the same dataset).
+    dir: String,
+    samples: u64,
+    rows_xxh3: String,
+}
+
+impl DataIdentity {
+    fn of(ds: &Dataset) -> Result<DataIdentity> {
+        let kv = srcache_formats::Manifest::read_metadata(&srcache_formats::Manifest::path_in(ds.dir()))?;
+        let rows_xxh3 = kv.get("srcache.rows_xxh3").cloned().unwrap_or_default();
+        Ok(DataIdentity { dir: ds.dir().display().to_string(), samples: ds.len() as u64, rows_xxh3 })
+    }
+
+    /// A resumed run must be on the dataset it recorded (a run from before this record is accepted).
+    fn check(&self, run: &Path, resuming: bool) -> Result<()> {
+        let path = run.join(DATA_FILE);
+        if !resuming {
+            return Ok(());
+        }
+        let text = match srcache_formats::read_regular_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(TrainerError::Io { path, source: e }),
+        };
+        let was: DataIdentity =
+            serde_json::from_str(&text).map_err(|e| TrainerError::RunDir { path: path.clone(), why: format!("unreadable dataset record: {e}") })?;
+        if was.samples != self.samples || was.rows_xxh3 != self.rows_xxh3 {
+            return Err(TrainerError::RunDir {
+                path: run.to_path_buf(),
+                why: format!(
+                    "was trained on another dataset ({}: {} samples, manifest {}), not on {} ({} samples, manifest {}): resuming would \
+                     continue on other data; train it in a new run directory (nothing was changed)",
+                    was.dir, was.samples, was.rows_xxh3, self.dir, self.samples, self.rows_xxh3
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn save(&self, run: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| TrainerError::Config { what: DATA_FILE.into(), why: e.to_string() })?;
+        Ok(srcache_formats::write_atomic(&run.join(DATA_FILE), &json)?)
+    }
+}
+
+/// The `source` of a validation table scored on training samples (a split that held no source out).
+pub const TRAIN_SCORE_SOURCE: &str = "train samples (no held-out source)";
+
+/// TensorBoard scalars of one logged step: the same numbers as its metrics.csv row.
+pub fn train_scalars(r: &Row) -> Vec<(String, f64)> {
+    let mut v = vec![("loss/total".to_string(), r.loss)];
+    v.extend(r.parts.iter().map(|(n, x)| (format!("loss/{n}"), *x)));
+    v.push(("train/lr".into(), r.lr));
+    v.push(("train/grad_norm".into(), r.grad_norm));
+    v.push(("train/steps_per_s".into(), r.steps_per_s));
+    v.push(("train/samples_per_s".into(), r.samples_per_s));
+    v
+}
+
+/// TensorBoard scalars of one validation: the selection metrics (metrics.csv's val columns) and every
+/// table's rows, `val/<table>/psnr/<method>` and `.../ssim/<method>` (fused, each expert, bicubic).
+pub fn val_scalars(r: &ValReport) -> Vec<(String, f64)> {
+    let mut v = Vec::new();
+    v.extend(r.psnr().map(|x| ("val/psnr".to_string(), x)));
+    v.extend(r.ssim().map(|x| ("val/ssim".to_string(), x)));
+    v.extend(r.best_expert_psnr().map(|x| ("val/best_expert_psnr".to_string(), x)));
+    for t in r.held_out.iter().chain(&r.full) {
+        let table: String = t.source.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        for row in &t.rows {
+            v.push((format!("val_{table}/psnr/{}", row.name), row.psnr));
+            v.push((format!("val_{table}/ssim/{}", row.name), row.ssim));
+        }
+    }
+    v
+}
 
 /// A new run needs a new or empty directory; an existing run is only continued with `resume` (starting over
 /// means deleting it yourself: training never deletes checkpoints it was not asked to replace). A directory
 /// holding anything else is refused, so a typo cannot scatter a run into a folder of other files.
-fn claim_run_dir(run: &Path, resume: bool) -> Result<()> {
+fn claim_run_dir(run: &Path, resume: bool) -> Result<std::fs::File> {
     let refuse = |why: String| Err(TrainerError::RunDir { path: run.to_path_buf(), why });
     let entries: Vec<String> = match std::fs::read_dir(run) {
         Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
@@ -368,7 +535,17 @@ fn claim_run_dir(run: &Path, resume: bool) -> Result<()> {
     if !entries.is_empty() && !resume {
         return refuse("already holds a training run: add --resume to continue it, or choose a new run directory (nothing was changed)".into());
     }
-    std::fs::create_dir_all(run).map_err(io_err(run))
+    std::fs::create_dir_all(run).map_err(io_err(run))?;
+    // An flock on the directory itself (no lock file among the run's files).
+    let lock = std::fs::File::open(run).map_err(io_err(run))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(TrainerError::RunDir {
+            path: run.to_path_buf(),
+            why: "another srcache train is writing this run (its lock is held); wait for it or stop it".into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(TrainerError::Io { path: run.to_path_buf(), source: e }),
+    }
 }
 
 /// Deletes a training run's own files (and the directory when that empties it); refuses a directory holding

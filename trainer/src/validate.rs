@@ -10,6 +10,9 @@ use crate::loader::{Loader, LoaderPosition};
 use crate::metrics::{psnr_y, ssim_y, tensor_to_rgb8, Rgb8};
 use crate::model::FusionNet;
 use crate::ops::upsample_bicubic;
+
+/// The held-out table's bicubic row: PyTorch's bicubic upsampling of the LR patch (not MATLAB's).
+pub const TORCH_BICUBIC: &str = "torch_bicubic";
 use serde::{Deserialize, Serialize};
 use srcache_experts::benchmark::BenchmarkFolder;
 use srcache_experts::evaluate::{fuse_outputs, score, MATLAB_BICUBIC};
@@ -34,7 +37,7 @@ pub struct ValTable {
     pub source: String,
     /// Samples (held-out) or full images (val_dirs) averaged over.
     pub samples: usize,
-    /// First row is "fused", then one per expert, then the bicubic baseline ("bicubic": PyTorch's, on
+    /// First row is "fused", then one per expert, then the bicubic baseline ("torch_bicubic": PyTorch's, on
     /// held-out samples; "matlab_bicubic": the papers' baseline, on full images).
     pub rows: Vec<ValRow>,
 }
@@ -55,6 +58,8 @@ impl std::fmt::Display for ValTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let what = if self.source == "held-out" || self.source.is_empty() {
             format!("{} held-out samples", self.samples)
+        } else if self.source == crate::train::TRAIN_SCORE_SOURCE {
+            format!("{} {}", self.samples, self.source)
         } else {
             format!("{}: {} full images", self.source, self.samples)
         };
@@ -166,7 +171,9 @@ pub fn held_out(model: &FusionNet, ds: &Arc<Dataset>, val_idx: &[usize], cfg: &T
     }
     let mut names = vec!["fused".to_string()];
     names.extend(model.cfg.experts.iter().cloned());
-    names.push("bicubic".to_string());
+    // Not "bicubic": an expert may well be called that (the built-in one), and two rows of one name is one
+    // row too many. This is PyTorch's bicubic of the patch, the fusion model's `lr_up` input.
+    names.push(TORCH_BICUBIC.to_string());
     let rows = names.into_iter().zip(acc).map(|(name, (p, s))| ValRow { name, psnr: p / count as f64, ssim: s / count as f64 }).collect();
     Ok(ValTable { source: "held-out".into(), samples: count, rows })
 }

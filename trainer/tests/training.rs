@@ -169,3 +169,42 @@ fn full_run_writes_metrics_plot_checkpoints_and_a_torchscript_that_matches() {
     let diff = (&got - &want).abs().max().double_value(&[]);
     assert!(diff < 1e-5, "torchscript differs from the model by {diff}");
 }
+
+/// Shards whose expert outputs hold NaN (written past the cache's checks, as a foreign tool could): the run
+/// stops at the first non-finite loss with an error naming the step, instead of "final loss NaN" and exit 0.
+#[test]
+fn a_non_finite_loss_ends_the_run_with_an_error() {
+    use half::f16;
+    use srcache_formats::{Codec, DType, DatasetOptions, DatasetWriter, PatchBox, SampleMeta, Schema, TensorSpec};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let (h, hh) = (8usize, 16usize);
+    let mut schema = Schema::new(vec![
+        TensorSpec::new("lr", DType::U8, &[3, h, h], Codec::Raw),
+        TensorSpec::new("hr", DType::U8, &[3, hh, hh], Codec::Raw),
+        TensorSpec::new("sr/a", DType::F16, &[3, hh, hh], Codec::Raw),
+    ]);
+    schema.attrs.insert("scale".into(), "2".into());
+    let (mut w, _) = DatasetWriter::create_or_resume(&data, schema, DatasetOptions::default()).expect("writer");
+    for i in 0..8 {
+        let sr: Vec<u8> = (0..3 * hh * hh).flat_map(|k| f16::from_f32(if k % 7 == 0 { f32::NAN } else { 0.5 }).to_le_bytes()).collect();
+        let meta = SampleMeta {
+            id: format!("s{i}"),
+            source: format!("img{i}.png"),
+            patch: PatchBox { x: 0, y: 0, w: h as u32, h: h as u32 },
+            variant: "clean".into(),
+            psnr: Default::default(),
+        };
+        w.write(&meta, &[&vec![100u8; 3 * h * h], &vec![120u8; 3 * hh * hh], &sr]).expect("write");
+    }
+    w.finish().expect("finish");
+    let mut c = tiny_cfg();
+    c.model.experts = vec!["a".into()];
+    c.model.feat_channels = vec![0];
+    c.loader.crop = None;
+    c.steps = 5;
+    c.val_fraction = 0.0;
+    let err = train(&c, &data, &tmp.path().join("run"), false, &mut |_| {}).expect_err("a NaN loss is an error");
+    let text = err.to_string();
+    assert!(text.contains("diverged at step 1") && text.contains("NaN"), "{text}");
+}
