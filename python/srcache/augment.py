@@ -122,6 +122,14 @@ class Plan:
             raise ValueError(f"crop offsets ({y0},{x0}) must be multiples of {self.align}")
         return y0, x0, crop
 
+    def apply_into(self, field, arr, y0, x0, crop, d, out):
+        """As `apply`, written into `out` (the delivered dtype's array of the box's shape, e.g. one sample of a
+        batch): one copy from the shard instead of two."""
+        if tuple(arr.shape) != field.shape:
+            raise ValueError(f"{field.name}: array of shape {arr.shape}, schema says {list(field.shape)}")
+        fy, fx, side = field.box(y0, x0, crop)
+        np.copyto(out, dihedral(arr[:, fy : fy + side, fx : fx + side], d), casting="unsafe")
+
     def apply(self, field, arr, y0, x0, crop, d):
         """The delivered array for one tensor (CHW, stored dtype as documented above): a fresh C-contiguous
         array, never a view of the shard."""

@@ -10,23 +10,46 @@ global sample r and lives in `root / row.shard` at `row.index`.
     ds.meta(7), ds.row(7)                 # shard metadata record, manifest row
     ds.pca("x"), ds.reconstruct_feat(ds.sample(7), "x")   # compact (PCA) features -> [C, h, w] float32
 
-Shards are memory-mapped lazily, the first time a sample of theirs is read, in the process that reads it:
+Opening checks the manifest as Rust `Dataset::open` does: every shard of the directory (or parts) is opened
+(its index, not its payloads) and row r must be the r-th sample of the dataset, field for field with the
+shard's own metadata and table (ids, patch, psnr, byte counts; no duplicate ids), so a manifest with swapped
+`index`, ids or shard names is a ShardError naming it and the row, never another sample's tensors.
+Shards are then memory-mapped lazily, the first time a sample of theirs is read, in the process that reads it
+(and must be the files checked: same size, index checksum and sample count, or ShardError):
 a CacheDataset pickles without its maps (DataLoader workers with spawn reopen them) and notices a fork
 (workers with fork reopen theirs too, so no checksum bookkeeping is shared across processes).
 """
-import json
 import os
-from pathlib import Path, PurePosixPath
+import re
+from pathlib import Path
 
 import numpy as np
 
-from .reader import Shard, ShardError, _reconstruct_feat, _schema_pca, manifest_metadata, read_manifest
+from . import _manifest
+from .reader import Shard, ShardError, _reconstruct_feat, _schema_pca, read_manifest, read_manifest_and_metadata
 
 MANIFEST_FILE = "manifest.parquet"
 PARTS_KEY = "srcache.parts"
 VERSION_KEY = "srcache.manifest_version"
 
-__all__ = ["CacheDataset", "open_dataset", "MANIFEST_FILE", "PARTS_KEY"]
+__all__ = ["CacheDataset", "open_dataset", "local_path", "MANIFEST_FILE", "PARTS_KEY"]
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def local_path(root):
+    """`root` as a local Path; `file://` URLs are accepted, any other URL (s3://, gs://, http://...) is refused
+    in one line: shards are memory-mapped, which needs a local (or mounted) file system."""
+    text = os.fspath(root)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    if _URL.match(text):
+        raise ShardError(f"srcache reads local paths only: {text!r} is a URL; copy or mount the dataset "
+                         "(e.g. s3fs, gcsfuse, rclone mount) and pass its local directory")
+    return Path(text)
 
 
 def open_dataset(root, verify="once"):
@@ -42,61 +65,35 @@ class CacheDataset:
     """
 
     def __init__(self, root, verify="once"):
-        self.root = Path(root)
+        self.root = local_path(root)
         self.verify = verify
         mpath = self.root / MANIFEST_FILE
-        if not mpath.is_file():
+        if not os.path.lexists(mpath):
             raise ShardError(f"{self.root}: no {MANIFEST_FILE} (not a finished srcache dataset or merged root)")
-        table = read_manifest(mpath)
-        self.metadata = manifest_metadata(mpath)
+        table, self.metadata = read_manifest_and_metadata(mpath)  # a FIFO or directory there: refused at once
         if self.metadata.get(VERSION_KEY) != "1":
             raise ShardError(f"{mpath}: missing or unsupported {VERSION_KEY} {self.metadata.get(VERSION_KEY)!r} (want '1')")
-        for col in ("sample_id", "shard", "index"):
-            if col not in table.column_names:
-                raise ShardError(f"{mpath}: no column {col!r}")
         parts = self.metadata.get(PARTS_KEY)
-        self.parts = json.loads(parts) if parts is not None else None
-        self._index = table.column("index").to_numpy().astype(np.int64)
-        enc = table.column("shard").combine_chunks().dictionary_encode()  # dictionary in order of first appearance
-        self.shard_paths = enc.dictionary.to_pylist()  # relative to root
-        shard_of = enc.indices.to_numpy().astype(np.int32)
-        for s in self.shard_paths:
-            p = PurePosixPath(s)
-            if not s or p.is_absolute() or ".." in p.parts:
-                raise ShardError(f"{mpath}: shard path {s!r} must be relative to the root, without '..'")
-        self._shard_of = shard_of
-        # Rows of each shard, for the consistency check when the shard is opened.
-        order = np.argsort(shard_of, kind="stable")
-        bounds = np.searchsorted(shard_of[order], np.arange(len(self.shard_paths) + 1))
-        self._rows_of = [order[bounds[k] : bounds[k + 1]] for k in range(len(self.shard_paths))]
-        self._check_files()
-        self._manifest = table
+        self.parts = _manifest.parse_parts(parts, mpath) if parts is not None else None
+        # Every shard of the directory (or of the parts), in dataset order; each row is checked against them
+        # (ids, patch, psnr, byte counts, order) as Rust `Dataset::open` does, so a manifest that lies about
+        # which sample sits where is an error here, not another sample's tensors later.
+        self.shard_paths = _manifest.layout(str(self.root), self.parts)  # relative to root
         self._shards = {}
         self._pid = os.getpid()
-        self.schema = None
-        self.schema = self.shard(0).schema if self.shard_paths else None
+        # Each shard is closed after its check: its table and metadata need not stay in memory (or in forked
+        # workers); it is mapped again on first use, in the process that reads it.
+        shard_of, self._index, facts = _manifest.cross_check(
+            table, mpath, self.root, self.shard_paths, lambda k: Shard(self.root / self.shard_paths[k], verify=self.verify))
+        self._shard_of = shard_of.astype(np.int32)
+        # What each shard was when checked: a process that opens it later (a DataLoader worker) must find the
+        # same file, or the rows checked here would not describe it.
+        self._fingerprints = [(size, isum, n) for _, n, size, isum in facts]
+        starts = np.cumsum([0] + [n for _, n, _, _ in facts])
+        self._rows_of = [np.arange(starts[k], starts[k + 1]) for k in range(len(facts))]
+        self.schema = facts[0][0] if facts else None
+        self._manifest = table
         self.names = [t["name"] for t in self.schema["tensors"]] if self.schema else []
-
-    def _check_files(self):
-        """Every shard file on disk is in the manifest and vice versa (a stale manifest is an error)."""
-        dirs = {PurePosixPath(s).parent for s in self.shard_paths}
-        for p in self.parts or []:
-            if not (self.root / p).is_dir():
-                raise ShardError(f"{self.root}: part directory {p} listed in {PARTS_KEY} is missing")
-            dirs.add(PurePosixPath(p))
-        on_disk = set()
-        for d in dirs:
-            names = sorted(p.name for p in (self.root / d).glob("shard-*.srs"))
-            nums = sorted(int(n[6:-4]) for n in names if n[6:-4].isdigit())
-            if nums != list(range(len(names))):
-                raise ShardError(f"{self.root / d}: shard files are not numbered 0..{len(names) - 1} without gaps: {names[:8]}")
-            on_disk |= {str(d / n) for n in names}
-        on_disk = {s[2:] if s.startswith("./") else s for s in on_disk}
-        listed = set(self.shard_paths)
-        if listed != on_disk:
-            missing, extra = sorted(listed - on_disk), sorted(on_disk - listed)
-            raise ShardError(f"{self.root}: manifest and shard files disagree (stale manifest?): "
-                             f"missing on disk {missing[:5]}, not in manifest {extra[:5]}")
 
     # ---- pickling / processes --------------------------------------------------------------------------------
     def __getstate__(self):
@@ -149,12 +146,11 @@ class CacheDataset:
         if s is None:
             rel = self.shard_paths[k]
             s = Shard(self.root / rel, verify=self.verify)
-            rows = self._rows_of[k]
-            if len(s) != len(rows) or not np.array_equal(np.sort(self._index[rows]), np.arange(len(s))):
-                raise ShardError(f"{s.path}: holds {len(s)} samples but the manifest lists {len(rows)} rows "
-                                 f"for it with other indices (stale manifest?)")
-            if self.schema is not None and s.schema != self.schema:
-                raise ShardError(f"{s.path}: schema differs from {self.root / self.shard_paths[0]}")
+            fp = (s.file_size, s.index_checksum, len(s))
+            if fp != self._fingerprints[k] or s.schema != self.schema:
+                s.close()
+                raise ShardError(f"{s.path}: changed on disk since the dataset was opened (size, index checksum, samples "
+                                 f"{fp}, were {self._fingerprints[k]}); shards must not change while in use")
             self._shards[k] = s
         return s
 

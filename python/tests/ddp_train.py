@@ -127,4 +127,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from srcache.launch import run_and_exit
+
+    run_and_exit(main)
