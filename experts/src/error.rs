@@ -119,6 +119,10 @@ pub enum ExpertError {
         #[source]
         source: TorchFailure,
     },
+    /// A size the expert's own metadata (written by `python -m srcache.export`) says it cannot take: refused
+    /// before it runs. `accepts` names the sizes that work; `fix` the flag or export command that helps.
+    #[error("expert {name} ({source_desc}) cannot take a {h}x{w} input: it accepts {accepts}{fix}")]
+    SizeRefused { name: String, source_desc: String, h: usize, w: usize, accepts: String, fix: String },
     #[error("{context}")]
     Torch {
         context: String,
@@ -148,6 +152,9 @@ pub enum ExpertError {
     },
     #[error("fusion model {path}: {what}")]
     Fusion { path: PathBuf, what: String },
+    /// A baseline row of `srcache eval` (linear blend, self-ensemble) that cannot be computed.
+    #[error("baseline {which}: {what}")]
+    Baseline { which: &'static str, what: String },
     #[error("while evaluating")]
     Callback {
         #[source]

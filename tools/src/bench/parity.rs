@@ -2,6 +2,10 @@
 //! fp16 autocast: the numerical check behind running experts on a GPU (bars: fp32 max |diff| <= 1e-3, fp16
 //! PSNR against the CPU's fp32 >= 45 dB). Prints the figures against the bars; the exit status is 0 unless
 //! something fails to run (scripts/gpu-check.sh reads the JSON).
+//!
+//! `--time N` also times each expert's CPU forward (median of N, after a warm-up), so the same model given as
+//! TorchScript and as an AOTInductor package (`--expert ts=m.pt --expert pt2=m.pt2`) is compared in one run;
+//! eager PyTorch is timed beside both by `python -m srcache.bench_export`.
 
 use std::path::PathBuf;
 
@@ -26,6 +30,9 @@ pub struct BenchParityArgs {
     /// Patches compared (cut from the built-in photos, MATLAB-bicubic LR).
     #[arg(long, default_value_t = 8)]
     pub patches: usize,
+    /// Also time each expert's CPU forward on the patches: median of this many runs (0: no timing).
+    #[arg(long = "time", default_value_t = 0)]
+    pub time_reps: usize,
     /// Also write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -39,6 +46,20 @@ struct ExpertParity {
     fp16_psnr_sr_db: Option<f64>,
     fp32_ok: bool,
     fp16_ok: Option<bool>,
+    cpu_forward_ms: Option<f64>,
+}
+
+/// Median wall time (ms) of `reps` CPU forwards after one warm-up.
+fn time_forward(e: &Expert, x: &Tensor, reps: usize) -> Result<f64> {
+    let _warm = e.forward(x)?;
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = std::time::Instant::now();
+        let _out = e.forward(x)?;
+        ts.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ts.sort_by(f64::total_cmp);
+    Ok(ts[ts.len() / 2])
 }
 
 /// `n` LR patches of `p`×`p` from the built-in photos, as f32 [n,3,p,p] in [0,1].
@@ -106,6 +127,10 @@ pub fn run(a: BenchParityArgs) -> Result<()> {
         };
         let fp32_ok = d_sr <= 1e-3 && d_feat.is_none_or(|d| d <= 1e-3);
         let fp16_ok = fp16.map(|p| p >= 45.0);
+        let cpu_ms = if a.time_reps > 0 { Some(time_forward(&cpu, &x, a.time_reps)?) } else { None };
+        if let Some(ms) = cpu_ms {
+            println!("{:<14} cpu forward {ms:.1} ms (median of {}, {} patches)", spec.name, a.time_reps, a.patches);
+        }
         let fmt = |v: Option<f64>| v.map(|v| format!("{v:.3e}")).unwrap_or_else(|| "-".into());
         println!(
             "{:<14} {:>16} {:>16} {:>16}   fp32 {} (bar <= 1e-3), fp16 {}",
@@ -127,6 +152,7 @@ pub fn run(a: BenchParityArgs) -> Result<()> {
             fp16_psnr_sr_db: fp16,
             fp32_ok,
             fp16_ok,
+            cpu_forward_ms: cpu_ms,
         });
     }
     if let Some(p) = &a.json {
