@@ -21,6 +21,8 @@ pub const INPUTS_FILE: &str = "inputs.json";
 pub const PARTS_DIR: &str = "parts";
 /// The PCA bases of the experts with `feat_pca`, at the output root (shared by the parts of a cache).
 pub const PCA_FILE: &str = "feat-pca.json";
+/// Largest batch a run accepts (samples per expert forward).
+pub const MAX_BATCH: usize = 1 << 16;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,9 +31,12 @@ pub struct InputConfig {
     /// Paired LR images; None = MATLAB bicubic downscale of HR.
     pub lr_dir: Option<PathBuf>,
     pub scale: u32,
-    /// LR patch side in pixels.
+    /// LR patch side in pixels (default 64, `srcache_ingest::DEFAULT_PATCH`).
     pub patch: u32,
-    pub stride: u32,
+    /// Distance between patch origins in LR pixels; absent = the patch size (no overlap, no gaps). Resolved
+    /// by `srcache_ingest::PatchConfig::stride`, the one place that knows this default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stride: Option<u32>,
     /// Drop patches whose LR standard deviation is below this (0..255 scale).
     pub flat_threshold: Option<f32>,
     /// Degradation variants in order (ingest preset names); empty = the clean bicubic pair only.
@@ -47,14 +52,21 @@ pub struct InputConfig {
     pub part: Option<Part>,
 }
 
+impl InputConfig {
+    /// The patch grid of this input, in ingest's terms (where the stride default is resolved).
+    pub fn patch_config(&self) -> srcache_ingest::PatchConfig {
+        srcache_ingest::PatchConfig { size: self.patch, stride: self.stride, flat_threshold: self.flat_threshold }
+    }
+}
+
 impl Default for InputConfig {
     fn default() -> Self {
         InputConfig {
             hr_dir: PathBuf::from("data/hr"),
             lr_dir: None,
             scale: 4,
-            patch: 64,
-            stride: 64,
+            patch: srcache_ingest::DEFAULT_PATCH,
+            stride: None,
             flat_threshold: None,
             variants: Vec::new(),
             seed: 0,
@@ -137,16 +149,6 @@ impl ExpertConfig {
         }
     }
 
-    /// Every output as the expert computed it, to f16: sr f16 + shuffle_zstd, features f16 + shuffle_zstd, no
-    /// PCA (the reference `srcache bench fidelity` compares the compact settings with).
-    pub fn make_lossless(&mut self) {
-        self.dtype = DType::F16;
-        self.codec = Codec::SHUFFLE_ZSTD;
-        self.feat_dtype = None;
-        self.feat_codec = None;
-        self.feat_pca = None;
-    }
-
     pub fn keeps(&self, what: &str) -> bool {
         self.keep.iter().any(|k| k == what)
     }
@@ -202,7 +204,7 @@ impl Default for CacheConfig {
 
 impl CacheConfig {
     pub fn from_toml_file(path: &Path) -> Result<CacheConfig> {
-        let text = std::fs::read_to_string(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
+        let text = srcache_formats::read_regular_to_string(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
         toml::from_str(&text).map_err(|e| CacheError::ConfigFile { path: path.to_path_buf(), what: srcache_experts::toml_error(&text, &e) })
     }
 
@@ -222,7 +224,18 @@ impl CacheConfig {
         if self.target_shard_bytes == 0 {
             return bad("target_shard_bytes must be positive".into());
         }
-        if self.input.patch == 0 || self.input.stride == 0 {
+        // Upper bounds too: a batch or a thread count of 10^6 is a typo, and would end in an allocation failure
+        // or thread-spawn abort instead of a sentence.
+        if self.batch > MAX_BATCH {
+            return bad(format!("batch {} is outside 1..={MAX_BATCH}", self.batch));
+        }
+        if self.compress_workers > srcache_ingest::MAX_WORKERS {
+            return bad(format!("compress_workers {} is outside 0..={} (0 = automatic)", self.compress_workers, srcache_ingest::MAX_WORKERS));
+        }
+        if self.input.limit == Some(0) {
+            return bad("limit 0: nothing to do (give a limit of at least 1 sample, or none for the whole input)".into());
+        }
+        if self.input.patch == 0 || self.input.stride == Some(0) {
             return bad("patch and stride must be positive".into());
         }
         for (i, e) in self.experts.iter().enumerate() {
@@ -236,18 +249,7 @@ impl CacheConfig {
             if let Some(k) = e.keep.iter().find(|k| *k != "sr" && *k != "feat") {
                 return bad(format!("expert {}: keep entry {k:?} is not \"sr\" or \"feat\"", e.name));
             }
-            if !e.dtype.is_float() && e.dtype != DType::U8 {
-                return bad(format!("expert {}: sr dtype {} not supported (f16, bf16, f32, u8)", e.name, e.dtype));
-            }
-            if e.codec.needs_base() && e.dtype != DType::U8 {
-                return bad(format!("expert {}: codec {} stores u8 SR as a residual over bicubic; set dtype = \"u8\"", e.name, e.codec));
-            }
-            if e.feat_codec.is_some_and(|c| c.needs_base()) {
-                return bad(format!("expert {}: feat_codec residual_u8 is for u8 SR images only", e.name));
-            }
-            if e.feat_dtype.is_some_and(|d| !d.is_float()) {
-                return bad(format!("expert {}: feat dtype must be a float type", e.name));
-            }
+            e.storage()?;
             if self.placement == Placement::ExpertSplit && e.device.is_none() {
                 return bad(format!("expert {}: placement = expert_split needs a `device` per expert", e.name));
             }
@@ -272,6 +274,8 @@ impl CacheConfig {
         c.batch = 0;
         c.compress_workers = 0;
         c.input.workers = 0;
+        // `stride` absent and `stride = patch` make the same cache.
+        c.input.stride = Some(self.input.patch_config().stride());
         c.out = PathBuf::new();
         for e in &mut c.experts {
             e.device = None;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use srcache_formats::{attr, Codec, DType, PcaBasis, Schema, TensorName, TensorSpec};
+use srcache_formats::{attr, DType, PcaBasis, Schema, TensorName, TensorSpec};
 use tch::{Kind, Tensor};
 
 use crate::config::CacheConfig;
@@ -39,25 +39,22 @@ impl Layout {
         let scale = cfg.input.scale;
         let p = cfg.input.patch as usize;
         let hp = p * scale as usize;
+        let (lr, hr) = (TensorName::Lr.to_string(), TensorName::Hr.to_string());
         let mut tensors =
-            vec![TensorSpec::new("lr", DType::U8, &[3, p, p], cfg.image_codec), TensorSpec::new("hr", DType::U8, &[3, hp, hp], cfg.image_codec)];
-        let mut slots = BTreeMap::from([("lr".to_string(), Slot::Lr), ("hr".to_string(), Slot::Hr)]);
+            vec![TensorSpec::new(&lr, DType::U8, &[3, p, p], cfg.image_codec), TensorSpec::new(&hr, DType::U8, &[3, hp, hp], cfg.image_codec)];
+        let mut slots = BTreeMap::from([(lr, Slot::Lr), (hr, Slot::Hr)]);
         let mut experts = Vec::new();
         let mut attrs = BTreeMap::new();
-        attrs.insert("scale".to_string(), scale.to_string());
-        attrs.insert("patch".to_string(), p.to_string());
-        attrs.insert("experts".to_string(), cfg.experts.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(","));
+        attrs.insert(attr::SCALE.to_string(), scale.to_string());
+        attrs.insert(attr::PATCH.to_string(), p.to_string());
+        attrs.insert(attr::EXPERTS.to_string(), cfg.experts.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(","));
         for (i, (ec, ex)) in cfg.experts.iter().zip(probes).enumerate() {
             let probe = ex.probe(p, p)?;
-            let feat_dtype = ec.feat_dtype.unwrap_or(if ec.dtype == DType::U8 { DType::F16 } else { ec.dtype });
+            let storage = ec.storage()?;
+            let feat_dtype = storage.feat_dtype;
             if ec.keeps("sr") {
-                let name = format!("sr/{}", ec.name);
-                // u8 sr is already quantised: affine on top of it would be pointless (and is rejected).
-                let codec = match ec.codec {
-                    Codec::AffineU8 | Codec::AffineU8Zstd { .. } if ec.dtype == DType::U8 => Codec::ZSTD,
-                    c => c,
-                };
-                tensors.push(TensorSpec::new(&name, ec.dtype, &probe.sr, codec));
+                let name = TensorName::sr(&ec.name).to_string();
+                tensors.push(TensorSpec::new(&name, storage.sr_dtype, &probe.sr, storage.sr_codec));
                 slots.insert(name, Slot::Sr(i));
             }
             let pca = bases.get(&ec.name).cloned();
@@ -65,13 +62,6 @@ impl Layout {
             if let (true, Some(shape)) = (ec.keeps("feat"), &probe.feat) {
                 let name = TensorName::feat(&ec.name).to_string();
                 let mut shape = shape.clone();
-                let default_codec = match (&pca, ec.codec) {
-                    // PCA coefficients are stored as per-channel 8-bit: the point of the compact setting.
-                    (Some(_), _) => Codec::AFFINE_U8_ZSTD,
-                    // The sr codec is the features' default unless it only makes sense for u8 images.
-                    (None, c) if c.needs_base() => Codec::SHUFFLE_ZSTD,
-                    (None, c) => c,
-                };
                 if let Some(b) = &pca {
                     if b.channels != feat_channels {
                         return Err(CacheError::Config {
@@ -80,7 +70,7 @@ impl Layout {
                     }
                     shape[0] = b.k;
                 }
-                tensors.push(TensorSpec::new(&name, feat_dtype, &shape, ec.feat_codec.unwrap_or(default_codec)));
+                tensors.push(TensorSpec::new(&name, feat_dtype, &shape, storage.feat_codec));
                 slots.insert(name, Slot::Feat(i));
             }
             attrs.insert(attr::expert_source(&ec.name), ex.source().to_string());

@@ -23,6 +23,7 @@ pub mod output;
 pub mod pca;
 mod pipeline;
 mod source;
+pub mod storage;
 
 pub use config::{CacheConfig, ExpertConfig, InputConfig, Placement, CONFIG_FILE, DONE_FILE, INPUTS_FILE, LOCK_FILE, PARTS_DIR};
 pub use device::DeviceTime;
@@ -30,6 +31,7 @@ pub use error::{CacheError, Result};
 pub use merge::{merge, MergeSummary};
 pub use output::{remove_cache, SIDECARS};
 pub use srcache_experts::{parse_devices, Builtin, Expert, ExpertSource, Probe};
+pub use storage::{ExpertStorage, StoragePart, StoragePreset};
 
 use layout::Layout;
 pub use pipeline::PSNR_CAP;
@@ -55,6 +57,9 @@ pub struct StageTimes {
     pub forward_s: f64,
     pub compress_s: f64,
     pub write_s: f64,
+    /// Fitting the feature PCA bases before the pipeline starts (0 when loaded or not asked for).
+    #[serde(default)]
+    pub pca_fit_s: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -164,13 +169,21 @@ pub fn run_with(cfg: &CacheConfig, opts: &RunOptions, progress: &dyn Progress) -
         srcache_formats::check_output_dir(&cfg.out, &[config::PCA_FILE])?;
     }
     // Inputs are checked before anything is written: a refused patch size leaves no directory behind.
-    let report = source::scan(&cfg.input)?;
+    let mut report = source::scan(&cfg.input)?;
     source::check_inputs(&cfg.input, &report)?;
-    output::claim(&dir, opts.force)?;
-    let _lock = output::DirLock::acquire(&dir)?;
+    // An exported expert that says it cannot take the patch size is refused here, before the output folder is
+    // claimed or any record is written in it.
+    for e in &cfg.experts {
+        let p = cfg.input.patch as usize;
+        srcache_experts::check_size(&e.name, &e.source()?, p, p)?;
+    }
+    // The lock first: a `--force` must never remove what another running process is writing.
+    let _lock = output::claim(&dir, opts.force)?;
     output::forget_unstarted(&dir)?;
     output::check_or_save_config(cfg, &dir)?;
-    output::check_or_save_inputs(&dir, &srcache_ingest::InputList::of(&report.images, &source::ingest_config(&cfg.input).scan))?;
+    // The stream checks every file it decodes against these fingerprints: an input replaced mid-run (even if
+    // restored later) fails the run instead of becoming samples a rerun would call complete.
+    output::check_or_save_inputs(&dir, &report.fingerprint(&source::ingest_config(&cfg.input).scan))?;
     if let Some(mut s) = output::read_done(&dir)? {
         s.no_op = true;
         s.written = 0;
@@ -208,7 +221,9 @@ pub fn run_with(cfg: &CacheConfig, opts: &RunOptions, progress: &dyn Progress) -
         }
     }
     let probes: Vec<&Expert> = probes.into_iter().flatten().collect();
-    let bases = pca::fit_or_load(cfg, &probes, &report)?;
+    let t_pca = Instant::now();
+    let bases = pca::fit_or_load(cfg, &probes, &report, progress)?;
+    let pca_fit_s = t_pca.elapsed().as_secs_f64();
     for (name, b) in &bases {
         progress.message(&format!(
             "expert {name}: features stored as {} of {} PCA components ({:.2}% of the variance)",
@@ -290,6 +305,7 @@ pub fn run_with(cfg: &CacheConfig, opts: &RunOptions, progress: &dyn Progress) -
             forward_s: secs(&stats.clock.forward),
             compress_s: secs(&stats.clock.compress),
             write_s: secs(&stats.clock.write) + write_extra,
+            pca_fit_s,
         },
         pipeline_s,
         wall_s: t_start.elapsed().as_secs_f64(),
@@ -354,7 +370,8 @@ fn forward_only_inner(cfg: &CacheConfig, device: Device, batches: usize) -> Resu
     };
     let autocast = cfg.fp16 && device.is_cuda();
     let run = |e: &Expert, x: &tch::Tensor| -> Result<()> {
-        let (sr, feat) = tch::autocast(autocast, || e.forward(x))?;
+        // The pipeline's call (finiteness mask computed, checked on the host later): no extra device sync.
+        let (sr, feat, _finite) = tch::autocast(autocast, || e.forward_masked(x))?;
         // The device-to-host copy of the stored dtype is part of the work: the pipeline cannot avoid it either.
         let _ = sr.f_to_kind(tch::Kind::Half).and_then(|t| t.f_to_device(Device::Cpu)).map_err(error::torch("bench copy"))?;
         if let Some(f) = feat {

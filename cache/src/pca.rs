@@ -19,6 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{CacheConfig, PCA_FILE};
 use crate::error::{torch, CacheError, Result};
+use crate::Progress;
 
 /// How an expert's features are reduced (`feat_pca = { k = 16 }` or `{ energy = 0.999 }` in the cache config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +51,7 @@ pub fn basis_file(cfg: &CacheConfig) -> PathBuf {
 /// The bases of the experts with `feat_pca`: read from `<out>/feat-pca.json` when it exists (a resume, or another
 /// part fitted them), else fitted now with `experts` (the run's first loaded instance of each expert, in config
 /// order) and written there.
-pub fn fit_or_load(cfg: &CacheConfig, experts: &[&Expert], report: &ScanReport) -> Result<BTreeMap<String, PcaBasis>> {
+pub fn fit_or_load(cfg: &CacheConfig, experts: &[&Expert], report: &ScanReport, progress: &dyn Progress) -> Result<BTreeMap<String, PcaBasis>> {
     let wanted: Vec<(usize, &PcaConfig)> = cfg.experts.iter().enumerate().filter_map(|(i, e)| e.feat_pca.as_ref().map(|p| (i, p))).collect();
     if wanted.is_empty() {
         return Ok(BTreeMap::new());
@@ -71,13 +72,16 @@ pub fn fit_or_load(cfg: &CacheConfig, experts: &[&Expert], report: &ScanReport) 
         if !e.has_feat() {
             return Err(CacheError::Config { what: format!("expert {}: feat_pca is set but the expert returns no features", e.name()) });
         }
-        bases.insert(cfg.experts[i].name.clone(), fit(cfg, e, pcfg, report)?);
+        let t = std::time::Instant::now();
+        let basis = fit(cfg, e, pcfg, report, progress)?;
+        progress.message(&format!("expert {}: feature PCA fitted in {:.1}s", e.name(), t.elapsed().as_secs_f64()));
+        bases.insert(cfg.experts[i].name.clone(), basis);
     }
     write_once(&path, &bases)
 }
 
 fn read(path: &Path) -> Result<Option<BTreeMap<String, PcaBasis>>> {
-    match std::fs::read(path) {
+    match srcache_formats::read_regular(path) {
         Ok(bytes) => {
             let bases: BTreeMap<String, PcaBasis> = serde_json::from_slice(&bytes)
                 .map_err(|e| CacheError::ConfigFile { path: path.to_path_buf(), what: format!("not a set of PCA bases: {e}") })?;
@@ -114,7 +118,7 @@ fn write_once(path: &Path, bases: &BTreeMap<String, PcaBasis>) -> Result<BTreeMa
 /// Fits one expert's basis: its features on a seeded sample of the whole input's patches (not a part's, so
 /// every part would fit the same one), mean and covariance in f64, eigen-decomposition, components sorted by
 /// variance with a fixed sign (largest-magnitude entry positive).
-fn fit(cfg: &CacheConfig, e: &Expert, pcfg: &PcaConfig, report: &ScanReport) -> Result<PcaBasis> {
+fn fit(cfg: &CacheConfig, e: &Expert, pcfg: &PcaConfig, report: &ScanReport, progress: &dyn Progress) -> Result<PcaBasis> {
     let _g = tch::no_grad_guard();
     let mut images = report.images.clone();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(pcfg.seed);
@@ -123,9 +127,15 @@ fn fit(cfg: &CacheConfig, e: &Expert, pcfg: &PcaConfig, report: &ScanReport) -> 
     images.sort_by(|a, b| a.hr.cmp(&b.hr));
     let mut icfg = crate::source::ingest_config(&cfg.input);
     icfg.part = None;
-    let sub = ScanReport { images, skipped: Vec::new(), notes: Vec::new() };
+    let sub = ScanReport { images, fingerprints: report.fingerprints.clone(), ..Default::default() };
     // Every patch of the sampled images, then an even spread of them.
     let mut lrs: Vec<Vec<u8>> = Vec::new();
+    // Before the sample bar starts: without these lines a long fit reads as a stalled "0/N samples".
+    progress.message(&format!(
+        "expert {}: fitting its feature PCA on {} sampled image(s) before caching (decoding them)",
+        e.name(),
+        sub.images.len()
+    ));
     for s in srcache_ingest::stream_from(&icfg, sub)? {
         lrs.push(srcache_ingest::shards::to_chw(&s?.lr));
     }
@@ -134,6 +144,7 @@ fn fit(cfg: &CacheConfig, e: &Expert, pcfg: &PcaConfig, report: &ScanReport) -> 
         return Err(CacheError::Config { what: format!("expert {}: no patches to fit its feature PCA on", e.name()) });
     }
     let picked: Vec<&Vec<u8>> = (0..want).map(|k| &lrs[k * lrs.len() / want]).collect();
+    progress.message(&format!("expert {}: PCA: running it on {want} patches, then the eigen-decomposition", e.name()));
     let p = cfg.input.patch as i64;
     let mut rows: Vec<Tensor> = Vec::new();
     for chunk in picked.chunks(cfg.batch.max(1)) {

@@ -20,7 +20,7 @@ pub(crate) struct Source {
 pub(crate) fn ingest_config(cfg: &InputConfig) -> srcache_ingest::IngestConfig {
     srcache_ingest::IngestConfig {
         scan: srcache_ingest::ScanConfig { hr_dir: cfg.hr_dir.clone(), lr_dir: cfg.lr_dir.clone(), scale: cfg.scale },
-        patch: srcache_ingest::PatchConfig { size: cfg.patch, stride: cfg.stride, flat_threshold: cfg.flat_threshold },
+        patch: cfg.patch_config(),
         variants: cfg.variants.clone(),
         seed: cfg.seed,
         workers: cfg.workers,
@@ -57,7 +57,7 @@ pub(crate) fn check_inputs(cfg: &InputConfig, report: &ScanReport) -> Result<()>
     let s = cfg.scale.max(1);
     let largest = images
         .iter()
-        .filter_map(|e| image::image_dimensions(&e.hr).ok())
+        .filter_map(|e| srcache_ingest::scan::image_dimensions(&e.hr).ok())
         .max_by_key(|&(w, h)| w.min(h))
         .ok_or_else(|| CacheError::Refused { out: cfg.hr_dir.clone(), what: "no readable input image (see the files skipped)".into() });
     match largest {

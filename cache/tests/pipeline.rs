@@ -23,7 +23,7 @@ fn base_config(out: &Path, limit: u64) -> CacheConfig {
     cfg.input.hr_dir = workspace().join("tests/data/photos");
     cfg.input.scale = 2;
     cfg.input.patch = 16;
-    cfg.input.stride = 16;
+    cfg.input.stride = Some(16);
     cfg.input.limit = Some(limit);
     cfg.out = out.to_path_buf();
     cfg.batch = 8;
@@ -229,7 +229,8 @@ fn device_worker_stores_exactly_the_experts_own_outputs() {
     let mut cfg = base_config(&tmp.path().join("c"), 32);
     cfg.experts = vec![ExpertConfig::builtin("bicubic", Builtin::Bicubic), ExpertConfig::builtin("sharp", Builtin::SharpBicubic)];
     // f16 sr: the experts' outputs with nothing but the f16 cast (the default u8 sr is checked in formats).
-    cfg.experts.iter_mut().for_each(ExpertConfig::make_lossless);
+    let lossless = srcache_cache::StoragePreset(vec![srcache_cache::StoragePart::Lossless]);
+    cfg.experts.iter_mut().for_each(|e| lossless.apply(e));
     cfg.batch = 8;
     let summary = run(&cfg, &NoProgress).expect("run");
     assert_eq!(summary.devices.len(), 1);

@@ -5,6 +5,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+use crate::baselines::{self, Baselines};
 use crate::benchmark::{BenchmarkFolder, BenchmarkImage};
 use crate::error::{ExpertError, Result};
 use crate::fusion::Fuser;
@@ -30,6 +31,8 @@ pub struct ImageResult {
     pub bicubic: RgbImage,
     pub experts: Vec<(String, RgbImage)>,
     pub fused: Option<RgbImage>,
+    /// What ran differently from the request (see [`ExpertOutputs::notes`]).
+    pub notes: Vec<String>,
 }
 
 /// Checks that a fusion model and a stack agree on the experts and their order.
@@ -61,7 +64,7 @@ pub fn run_image(stack: &SrStack, fuser: Option<&dyn Fuser>, lr: &RgbImage) -> R
         Some(f) => Some(tensor_to_image(&fuse_outputs(f, &x, &outs)?)?),
         None => None,
     };
-    Ok(ImageResult { bicubic: srcache_ingest::resize::bicubic_up(lr, stack.scale), experts, fused })
+    Ok(ImageResult { bicubic: srcache_ingest::resize::bicubic_up(lr, stack.scale), experts, fused, notes: outs.notes })
 }
 
 /// (PSNR, SSIM) on Y, crop = scale, of `sr` against `hr` (BasicSR conventions).
@@ -106,9 +109,13 @@ impl Tally {
     }
 }
 
-/// Scores of every method of one image: MATLAB bicubic, each expert, fused.
+/// Scores of every method of one image: MATLAB bicubic, each expert, fused. One row per method: when an expert
+/// is MATLAB bicubic itself (pixel for pixel, e.g. a `bicubic` expert), the literature row would repeat it.
 pub fn image_scores(r: &ImageResult, hr: &RgbImage, scale: u32) -> Vec<(String, (f64, f64))> {
-    let mut v = vec![(MATLAB_BICUBIC.to_string(), score(&r.bicubic, hr, scale))];
+    let mut v = Vec::new();
+    if !r.experts.iter().any(|(_, img)| img == &r.bicubic) {
+        v.push((MATLAB_BICUBIC.to_string(), score(&r.bicubic, hr, scale)));
+    }
     v.extend(r.experts.iter().map(|(n, img)| (n.clone(), score(img, hr, scale))));
     if let Some(f) = &r.fused {
         v.push((FUSED.to_string(), score(f, hr, scale)));
@@ -125,6 +132,39 @@ pub fn evaluate_folder(
     on_image: &mut dyn FnMut(&BenchmarkImage, &ImageResult) -> std::result::Result<(), BoxError>,
     on_skip: &mut dyn FnMut(&ExpertError),
 ) -> Result<Vec<Row>> {
+    evaluate_folder_with(stack, fuser, folder, &Baselines::none(), on_image, on_skip)
+}
+
+/// The scores of the `baselines` rows on one image (between the experts and the fused model in a table).
+pub fn baseline_scores(stack: &SrStack, baselines: &Baselines, r: &ImageResult, img: &BenchmarkImage) -> Result<Vec<(String, (f64, f64))>> {
+    let experts: Vec<&RgbImage> = r.experts.iter().map(|(_, i)| i).collect();
+    let s = stack.scale;
+    let mut v = Vec::new();
+    if baselines.average && experts.len() >= 2 {
+        v.push((baselines::AVERAGE.to_string(), score(&baselines::average(&experts), &img.hr, s)));
+    }
+    if let Some(i) = baselines.self_ensemble {
+        let name = baselines::self_ensemble_name(&stack.names()[i.min(stack.experts.len().saturating_sub(1))]);
+        v.push((name, score(&baselines::self_ensemble(stack, i, &img.lr)?, &img.hr, s)));
+    }
+    if let Some(w) = &baselines.blend {
+        v.push((baselines::BLEND.to_string(), score(&baselines::blend(&experts, w), &img.hr, s)));
+    }
+    if baselines.oracle && experts.len() >= 2 {
+        v.push((baselines::ORACLE.to_string(), score(&baselines::oracle(&experts, &img.hr), &img.hr, s)));
+    }
+    Ok(v)
+}
+
+/// [`evaluate_folder`] with baseline rows (see [`crate::baselines`]).
+pub fn evaluate_folder_with(
+    stack: &SrStack,
+    fuser: Option<&dyn Fuser>,
+    folder: &BenchmarkFolder,
+    baselines: &Baselines,
+    on_image: &mut dyn FnMut(&BenchmarkImage, &ImageResult) -> std::result::Result<(), BoxError>,
+    on_skip: &mut dyn FnMut(&ExpertError),
+) -> Result<Vec<Row>> {
     if let Some(f) = fuser {
         check_compatible(stack, f)?;
     }
@@ -138,7 +178,11 @@ pub fn evaluate_folder(
             }
         };
         let r = run_image(stack, fuser, &img.lr)?;
-        tally.add(&image_scores(&r, &img.hr, stack.scale));
+        let mut scores = image_scores(&r, &img.hr, stack.scale);
+        let fused = if scores.last().is_some_and(|(m, _)| m == FUSED) { scores.pop() } else { None };
+        scores.extend(baseline_scores(stack, baselines, &r, &img)?);
+        scores.extend(fused);
+        tally.add(&scores);
         on_image(&img, &r).map_err(|source| ExpertError::Callback { source })?;
     }
     Ok(tally.rows(&folder.name))

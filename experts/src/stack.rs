@@ -16,6 +16,8 @@ const WHOLE_IMAGE_PROBE: usize = 64;
 pub struct ExpertOutputs {
     pub srs: Vec<Tensor>,
     pub feats: Vec<Tensor>,
+    /// What ran differently from the request for this image (an expert re-tiled at the cache's patch size).
+    pub notes: Vec<String>,
 }
 
 /// One expert of a stack and the tiles it runs in.
@@ -30,6 +32,8 @@ pub struct SrStack {
     pub experts: Vec<StackExpert>,
     /// Notes for the user (e.g. an expert that runs at its traced size instead of the requested tile).
     pub notes: Vec<String>,
+    /// An LR side every expert is known to accept (the cache's patch size): the tile of last resort.
+    known_size: Option<usize>,
 }
 
 impl SrStack {
@@ -46,13 +50,18 @@ impl SrStack {
         for (name, source) in experts {
             match Expert::load(name, source, scale, device, probe) {
                 Ok(expert) => out.push(StackExpert { expert, tiling }),
-                Err(first @ ExpertError::InputSize { .. }) => {
-                    let fallback = known_size.filter(|&k| k != probe).and_then(|k| Expert::load(name, source, scale, device, k).ok().map(|e| (k, e)));
+                Err(first @ (ExpertError::InputSize { .. } | ExpertError::SizeRefused { .. })) => {
+                    // The cache's patch size, else the size the file's metadata says it takes (its traced size).
+                    let own = own_size(source);
+                    let fallback = known_size
+                        .map(|k| (k, "the size the cache ran it at"))
+                        .into_iter()
+                        .chain(own.map(|k| (k, "the size its metadata names")))
+                        .filter(|&(k, _)| k != probe)
+                        .find_map(|(k, why)| Expert::load(name, source, scale, device, k).ok().map(|e| (k, why, e)));
                     match fallback {
-                        Some((k, expert)) => {
-                            notes.push(format!(
-                                "expert {name} does not accept {probe}x{probe} inputs; it runs in {k}x{k} tiles, the size the cache ran it at"
-                            ));
+                        Some((k, why, expert)) => {
+                            notes.push(format!("expert {name} does not accept {probe}x{probe} inputs; it runs in {k}x{k} tiles, {why}"));
                             let t = Tiling { tile: k as i64, overlap: tiling.overlap.min(k as i64 / 4) };
                             out.push(StackExpert { expert, tiling: t });
                         }
@@ -62,7 +71,16 @@ impl SrStack {
                 Err(e) => return Err(e),
             }
         }
-        Ok(SrStack { scale, device, experts: out, notes })
+        Ok(SrStack { scale, device, experts: out, notes, known_size })
+    }
+
+    /// The tile of last resort for `se` on `lr`: the known size, when it differs from the tile that failed and
+    /// the image holds a whole window of it.
+    fn retile(&self, se: &StackExpert, lr: &Tensor) -> Option<usize> {
+        let k = self.known_size.or_else(|| se.expert.meta().and_then(|m| m.known_size()))?;
+        let size = lr.size();
+        let fits = size.len() == 4 && size[2] >= k as i64 && size[3] >= k as i64;
+        (se.tiling.tile != k as i64 && fits).then_some(k)
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -72,33 +90,77 @@ impl SrStack {
     /// Runs every expert once over `lr` [1,3,H,W] (any device) in its tiles; one pass gives sr and features.
     pub fn run(&self, lr: &Tensor, want_feat: &[bool]) -> Result<ExpertOutputs> {
         let _g = tch::no_grad_guard();
-        let mut out = ExpertOutputs { srs: Vec::with_capacity(self.experts.len()), feats: Vec::new() };
-        for (i, se) in self.experts.iter().enumerate() {
-            let e = &se.expert;
+        let mut out = ExpertOutputs { srs: Vec::with_capacity(self.experts.len()), feats: Vec::new(), notes: Vec::new() };
+        for i in 0..self.experts.len() {
             let want = want_feat.get(i).copied().unwrap_or(false);
-            if want && !e.has_feat() {
-                return Err(ExpertError::BadOutput {
-                    name: e.name().into(),
-                    source_desc: e.source().to_string(),
-                    what: "the fusion model expects its features, but it returns none".into(),
-                });
-            }
-            let input = lr.f_to_device(e.device()).map_err(torch("lr to expert device"))?;
-            let mut parts = run_tiled_multi(&input, se.tiling, |t: &Tensor| -> Result<Vec<Tensor>> {
+            let (sr, feat) = self.run_expert(i, lr, want, &mut out.notes)?;
+            out.srs.push(sr);
+            out.feats.extend(feat);
+        }
+        Ok(out)
+    }
+
+    /// Expert `i` alone over `lr` [1,3,H,W], tiled as in [`SrStack::run`]: its sr on the CPU side of the
+    /// tiling, clamped to [0,1] (the self-ensemble baseline runs it on each transform of the input).
+    pub fn run_one(&self, i: usize, lr: &Tensor) -> Result<Tensor> {
+        let _g = tch::no_grad_guard();
+        Ok(self.run_expert(i, lr, false, &mut Vec::new())?.0)
+    }
+
+    fn run_expert(&self, i: usize, lr: &Tensor, want: bool, notes: &mut Vec<String>) -> Result<(Tensor, Option<Tensor>)> {
+        let se = self.experts.get(i).ok_or_else(|| ExpertError::BadOutput {
+            name: format!("#{i}"),
+            source_desc: "expert stack".into(),
+            what: format!("the stack has {} experts", self.experts.len()),
+        })?;
+        let e = &se.expert;
+        if want && !e.has_feat() {
+            return Err(ExpertError::BadOutput {
+                name: e.name().into(),
+                source_desc: e.source().to_string(),
+                what: "the fusion model expects its features, but it returns none".into(),
+            });
+        }
+        let input = lr.f_to_device(e.device()).map_err(torch("lr to expert device"))?;
+        let tiled = |tiling: Tiling| {
+            run_tiled_multi(&input, tiling, |t: &Tensor| -> Result<Vec<Tensor>> {
                 let (sr, feat) = e.forward(t)?;
                 Ok(match (want, feat) {
                     (true, Some(f)) => vec![sr, f],
                     _ => vec![sr],
                 })
-            })?;
-            if want {
-                out.feats.push(parts.pop().ok_or_else(|| missing(e, "features"))?);
+            })
+        };
+        let mut parts = match (tiled(se.tiling), self.retile(se, lr)) {
+            // A whole tile passed the probe, but this image gave a tile of another size (an image smaller
+            // than the tile runs whole): tiles of exactly the size the cache ran the expert at always fit
+            // its windows, when the image holds one.
+            (Err(err @ (ExpertError::InputSize { .. } | ExpertError::SizeRefused { .. })), Some(k)) => {
+                let (h, w) = match err {
+                    ExpertError::InputSize { h, w, .. } => (h, w),
+                    ExpertError::SizeRefused { h, w, .. } => (h as i64, w as i64),
+                    _ => (0, 0),
+                };
+                notes.push(format!(
+                    "expert {} does not accept a {h}x{w} tile of this image; it ran in {k}x{k} tiles, the size the cache ran it at",
+                    e.name()
+                ));
+                tiled(Tiling { tile: k as i64, overlap: se.tiling.overlap.min(k as i64 / 4) })?
             }
-            let sr = parts.pop().ok_or_else(|| missing(e, "output"))?;
-            // Blending clamped tiles stays in [0,1] up to rounding; clamp so every consumer sees the same image.
-            out.srs.push(sr.f_clamp(0.0, 1.0).map_err(torch("clamp sr"))?);
-        }
-        Ok(out)
+            (other, _) => other?,
+        };
+        let feat = if want { Some(parts.pop().ok_or_else(|| missing(e, "features"))?) } else { None };
+        let sr = parts.pop().ok_or_else(|| missing(e, "output"))?;
+        // Blending clamped tiles stays in [0,1] up to rounding; clamp so every consumer sees the same image.
+        Ok((sr.f_clamp(0.0, 1.0).map_err(torch("clamp sr"))?, feat))
+    }
+}
+
+/// The one size a model file's metadata says it takes (a TorchScript trace of a transformer), if any.
+fn own_size(source: &ExpertSource) -> Option<usize> {
+    match source {
+        ExpertSource::TorchScript(p) => crate::meta::read_meta(p).ok().flatten().and_then(|m| m.known_size()),
+        ExpertSource::Builtin(_) => None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! same manifest rows apart from where each sample is stored (shard file and index). What proves that a
 //! merged N-part cache equals a single-process run, and that a resumed run equals an uninterrupted one.
 
-use crate::{error_chain, Dataset, ManifestRow, Result};
+use crate::{error_chain, Dataset, ManifestRow, Result, Schema, TensorSpec};
 
 /// The differences between `a` and `b`, at most `max` of them (empty = equal). With `tolerance`, float tensors
 /// may differ by that much per value (and the manifest's PSNR and stored-size columns are not compared):
@@ -16,7 +16,7 @@ pub fn diff_datasets(a: &Dataset, b: &Dataset, max: usize, tolerance: Option<f32
     };
     let (sa, sb) = (a.schema(), b.schema());
     if sa != sb {
-        push(format!("schemas differ: {:?} vs {:?}", sa.map(|s| &s.tensors), sb.map(|s| &s.tensors)));
+        push(format!("schemas differ: {}", schema_differences(sa, sb)));
         return Ok(out);
     }
     if a.len() != b.len() {
@@ -31,7 +31,7 @@ pub fn diff_datasets(a: &Dataset, b: &Dataset, max: usize, tolerance: Option<f32
             Some(_) => ManifestRow { shard: String::new(), index: 0, psnr: Default::default(), bytes: 0, ..r.clone() },
         };
         if same_row(ra) != same_row(rb) {
-            push(format!("sample {g}: manifest rows differ: {ra:?} vs {rb:?}"));
+            push(format!("sample {g} ({}): manifest rows differ: {}", ra.sample_id, row_differences(&same_row(ra), &same_row(rb))));
             continue;
         }
         let ((shard_a, ia), (shard_b, ib)) = (a.sample(g)?, b.sample(g)?);
@@ -63,4 +63,51 @@ pub fn diff_datasets(a: &Dataset, b: &Dataset, max: usize, tolerance: Option<f32
         }
     }
     Ok(out)
+}
+
+/// `sr/hat u8 3×256×256 residual_u8(1)`: a tensor as a person reads it.
+fn describe(t: &TensorSpec) -> String {
+    let shape = t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×");
+    format!("{} {} {shape} {}", t.name, t.dtype, t.codec)
+}
+
+/// The tensors and attributes in which two schemas differ, in words (A = the first dataset).
+fn schema_differences(a: Option<&Schema>, b: Option<&Schema>) -> String {
+    let (a, b) = match (a, b) {
+        (Some(a), Some(b)) => (a, b),
+        (None, _) => return "A has no shards".into(),
+        (_, None) => return "B has no shards".into(),
+    };
+    let mut parts = Vec::new();
+    for t in &a.tensors {
+        match b.tensors.iter().find(|o| o.name == t.name) {
+            None => parts.push(format!("only in A: {}", describe(t))),
+            Some(o) if o != t => parts.push(format!("{} in A, {} in B", describe(t), describe(o))),
+            Some(_) => {}
+        }
+    }
+    parts.extend(b.tensors.iter().filter(|t| a.index_of(&t.name).is_none()).map(|t| format!("only in B: {}", describe(t))));
+    let keys: std::collections::BTreeSet<&String> = a.attrs.keys().chain(b.attrs.keys()).collect();
+    for k in keys {
+        let (x, y) = (a.attrs.get(k), b.attrs.get(k));
+        if x != y {
+            let show = |v: Option<&String>| {
+                v.map(|v| if v.len() > 60 { format!("{}… ({} chars)", v.chars().take(60).collect::<String>(), v.len()) } else { v.clone() })
+            };
+            parts.push(format!("attr {k}: {} vs {}", show(x).unwrap_or_else(|| "absent".into()), show(y).unwrap_or_else(|| "absent".into())));
+        }
+    }
+    if parts.is_empty() {
+        parts.push("tensor order differs".into());
+    }
+    parts.join("; ")
+}
+
+/// The manifest columns in which two rows differ, with both values.
+fn row_differences(a: &ManifestRow, b: &ManifestRow) -> String {
+    let parts: Vec<String> = a.differences(b).into_iter().map(|(what, x, y)| format!("{what} {x} vs {y}")).collect();
+    if parts.is_empty() {
+        return "(a column not shown here)".into();
+    }
+    parts.join("; ")
 }

@@ -3,19 +3,26 @@
 use image::RgbImage;
 use srcache_formats::PatchBox;
 
+/// The default LR patch side, for every way in (`ingest patches`, `cache`, `cache.toml`).
+pub const DEFAULT_PATCH: u32 = 64;
+
 /// Patch size and stride in LR pixels; patches whose LR luma variance is below `flat_threshold` are skipped
 /// (they teach a fusion network nothing and waste cache space).
+///
+/// `stride: None` means "the patch size" (adjacent patches, no overlap and no gaps). It is the one default for
+/// the CLI and TOML alike, resolved only by [`PatchConfig::stride`]: a config that sets `patch = 32` and no
+/// stride gets stride 32, never a stride left over from another patch size.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct PatchConfig {
     pub size: u32,
-    pub stride: u32,
+    pub stride: Option<u32>,
     pub flat_threshold: Option<f32>,
 }
 
 impl Default for PatchConfig {
     fn default() -> Self {
-        PatchConfig { size: 64, stride: 48, flat_threshold: None }
+        PatchConfig { size: DEFAULT_PATCH, stride: None, flat_threshold: None }
     }
 }
 
@@ -24,13 +31,18 @@ impl Default for PatchConfig {
 pub const MAX_PATCH: u32 = crate::scan::MAX_SIDE;
 
 impl PatchConfig {
+    /// The stride in effect: the one given, else the patch size.
+    pub fn stride(&self) -> u32 {
+        self.stride.unwrap_or(self.size)
+    }
+
     /// A zero size or stride is refused rather than read as "no patches" or "stride 1".
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |what: String| Err(crate::IngestError::Config { what });
         if !(1..=MAX_PATCH).contains(&self.size) {
             return bad(format!("patch size {} is outside 1..={MAX_PATCH} (LR pixels)", self.size));
         }
-        if self.stride == 0 {
+        if self.stride == Some(0) {
             return bad("patch stride 0: must be at least 1 (LR pixels)".into());
         }
         if let Some(t) = self.flat_threshold {
@@ -61,8 +73,9 @@ pub fn starts(len: u32, size: u32, stride: u32) -> Vec<u32> {
 /// All patch boxes of an LR image, row-major.
 pub fn grid(lr_w: u32, lr_h: u32, cfg: &PatchConfig) -> Vec<PatchBox> {
     let mut out = Vec::new();
-    for &y in &starts(lr_h, cfg.size, cfg.stride) {
-        for &x in &starts(lr_w, cfg.size, cfg.stride) {
+    let stride = cfg.stride();
+    for &y in &starts(lr_h, cfg.size, stride) {
+        for &x in &starts(lr_w, cfg.size, stride) {
             out.push(PatchBox { x, y, w: cfg.size, h: cfg.size });
         }
     }

@@ -17,7 +17,7 @@ fn copy_photo(name: &str, dst: &Path) {
 fn cfg(hr: &Path, lr: Option<&Path>, workers: usize, strict: bool) -> IngestConfig {
     IngestConfig {
         scan: ScanConfig { hr_dir: hr.to_path_buf(), lr_dir: lr.map(Path::to_path_buf), scale: 4 },
-        patch: PatchConfig { size: 24, stride: 20, flat_threshold: None },
+        patch: PatchConfig { size: 24, stride: Some(20), flat_threshold: None },
         workers,
         strict,
         ..Default::default()

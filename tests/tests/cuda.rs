@@ -27,7 +27,7 @@ fn config(out: &Path, devices: &str) -> CacheConfig {
     cfg.input.hr_dir = photos_dir();
     cfg.input.scale = 2;
     cfg.input.patch = 32;
-    cfg.input.stride = 32;
+    cfg.input.stride = Some(32);
     cfg.input.limit = Some(48);
     cfg.experts = vec![ExpertConfig::builtin("bicubic", Builtin::Bicubic), ExpertConfig::builtin("lanczos", Builtin::Lanczos3)];
     cfg.out = out.to_path_buf();

@@ -29,7 +29,7 @@ fn setup(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let train_dir = root.join("train");
     copy_photo("astronaut.png", &train_dir);
     let cfg = CacheConfig {
-        input: InputConfig { hr_dir: train_dir, scale: 4, patch: 32, stride: 32, ..Default::default() },
+        input: InputConfig { hr_dir: train_dir, scale: 4, patch: 32, stride: Some(32), ..Default::default() },
         experts: Builtin::ALL.iter().map(|b| ExpertConfig::builtin(b.as_str(), *b)).collect(),
         out: root.join("cache"),
         devices: "cpu".into(),

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::bail;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use srcache_cache::{CacheConfig, CacheSummary, ExpertConfig, Placement, Progress};
+use srcache_cache::{CacheConfig, CacheSummary, ExpertConfig, Placement, Progress, StoragePreset};
 use srcache_experts::{ExpertSource, ExpertSpec};
 
 #[derive(Args, Debug)]
@@ -23,12 +23,18 @@ pub struct CacheArgs {
     /// Upscaling factor of the experts (default 4).
     #[arg(long)]
     pub scale: Option<u32>,
-    /// LR patch size.
+    /// LR patch side in pixels [default: 64].
     #[arg(long)]
     pub patch: Option<u32>,
-    /// Patch stride in LR pixels (default: the patch size, i.e. no overlap).
+    /// Distance between patch origins in LR pixels [default: the patch size: adjacent patches, no overlap].
+    /// The same default applies to a cache.toml without `stride`.
     #[arg(long)]
     pub stride: Option<u32>,
+    /// Degradation variant of the LR input, each cached as its own samples: `clean`, `blur:1.2`, `noise:5`,
+    /// `jpeg:75`, or a chain like `blur:1.2+noise:5` (repeatable; default: clean only; seeded by the config's
+    /// `seed`). Replaces the config file's `input.variants`.
+    #[arg(long = "variant", value_name = "SPEC")]
+    pub variants: Vec<String>,
     /// Expert: NAME=builtin:bicubic|lanczos3|sharp_bicubic or NAME=path/to/expert.pt (repeatable).
     #[arg(long = "expert")]
     pub experts: Vec<String>,
@@ -111,45 +117,21 @@ pub fn build_config(a: &CacheArgs) -> anyhow::Result<CacheConfig> {
     }
     if let Some(v) = a.patch {
         cfg.input.patch = v;
-        cfg.input.stride = a.stride.unwrap_or(v);
     }
-    if let Some(v) = a.stride {
-        cfg.input.stride = v;
+    if a.stride.is_some() {
+        cfg.input.stride = a.stride;
     }
     if a.limit.is_some() {
         cfg.input.limit = a.limit;
     }
+    if !a.variants.is_empty() {
+        cfg.input.variants = a.variants.clone();
+    }
     if !a.experts.is_empty() {
         cfg.experts = a.experts.iter().map(|s| parse_expert(s)).collect::<anyhow::Result<_>>()?;
     }
-    if a.lossless {
-        cfg.experts.iter_mut().for_each(ExpertConfig::make_lossless);
-    }
-    if a.feat_u8 {
-        for e in &mut cfg.experts {
-            e.feat_codec = Some(srcache_formats::Codec::AFFINE_U8_ZSTD);
-        }
-    }
-    if let Some(spec) = &a.feat_pca {
-        let mut p = srcache_cache::pca::PcaConfig::default();
-        match (spec.parse::<usize>(), spec.parse::<f32>()) {
-            (Ok(k), _) if k > 0 => p.k = k,
-            (Err(_), Ok(f)) if f > 0.0 && f <= 1.0 => p.energy = f,
-            _ => bail!("--feat-pca {spec:?}: give a component count (e.g. 16) or a variance fraction in (0, 1] (e.g. 0.999)"),
-        }
-        for e in &mut cfg.experts {
-            e.feat_pca = Some(p.clone());
-        }
-    }
-    if a.sr_u8 {
-        for e in &mut cfg.experts {
-            e.dtype = srcache_formats::DType::U8;
-            e.codec = srcache_formats::Codec::RESIDUAL_U8;
-            if e.feat_dtype.is_none() {
-                e.feat_dtype = Some(srcache_formats::DType::F16);
-            }
-        }
-    }
+    let storage = StoragePreset::from_flags(a.lossless, a.sr_u8, a.feat_u8, a.feat_pca.as_deref())?;
+    cfg.experts.iter_mut().for_each(|e| storage.apply(e));
     if let Some(v) = &a.out {
         cfg.out = v.clone();
     }
@@ -185,12 +167,13 @@ pub struct Bar {
     bar: ProgressBar,
     start: Instant,
     bytes: std::sync::atomic::AtomicU64,
+    quiet: bool,
 }
 
 impl Bar {
     pub fn new(quiet: bool) -> Bar {
         let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
-        Bar { bar, start: Instant::now(), bytes: Default::default() }
+        Bar { bar, start: Instant::now(), bytes: Default::default(), quiet }
     }
 }
 
@@ -216,7 +199,15 @@ impl Progress for Bar {
         self.bar.set_message(format!("{mbs:.1} MB/s"));
     }
     fn message(&self, msg: &str) {
-        self.bar.println(msg);
+        // indicatif drops println on a hidden bar, and a bar is hidden whenever stderr is not a terminal (logs,
+        // CI, SLURM): messages would vanish exactly where nobody watches. Only --quiet silences them.
+        if self.bar.is_hidden() {
+            if !self.quiet {
+                eprintln!("{msg}");
+            }
+        } else {
+            self.bar.println(msg);
+        }
     }
 }
 
@@ -255,8 +246,9 @@ pub fn print_summary(s: &CacheSummary) {
             d.final_chunk
         );
     }
+    let pca = if s.stages.pca_fit_s > 0.0 { format!("feature PCA fit {:.1}s, ", s.stages.pca_fit_s) } else { String::new() };
     println!(
-        "time {:.1}s wall; busy: ingest {:.1}s, forward {:.1}s, compress {:.1}s, write {:.1}s; {:.1} samples/s",
+        "time {:.1}s wall; busy: {pca}ingest {:.1}s, forward {:.1}s, compress {:.1}s, write {:.1}s; {:.1} samples/s",
         s.wall_s,
         s.stages.ingest_s,
         s.stages.forward_s,

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use srcache_cache::{Builtin, CacheConfig, ExpertConfig, InputConfig};
 use srcache_experts::benchmark::{self, BenchmarkFolder, BenchmarkImage};
 use srcache_experts::evaluate::{evaluate_folder, ImageResult, Row, FUSED, MATLAB_BICUBIC};
 use srcache_experts::{ExpertSource, FusionModule, SrStack, Tiling};
-use srcache_trainer::plot::Canvas;
+use srcache_trainer::plot::{Sheet, Tile};
 use srcache_trainer::TrainConfig;
 
 use crate::cmd_eval::print_table;
@@ -43,8 +43,25 @@ fn step(n: u32, what: &str) {
 }
 
 /// Copies the photos into train/ and bench/DemoVal/HR, then writes MATLAB-bicubic LR for the held-out set.
-pub(crate) fn prepare_data(photos: &Path, out: &Path, scale: u32) -> Result<(PathBuf, PathBuf)> {
+/// Splits `photos` into a training folder and a held-out benchmark folder (HR + MATLAB-bicubic LR). Held out:
+/// the photos whose stems are in `held_out`; when that is empty, the built-in pair (chelsea, rocket) if the folder
+/// has them, else the last fifth of the photos by name (at least one). The split is printed.
+pub(crate) fn prepare_data(photos: &Path, out: &Path, scale: u32, held_out: &[String]) -> Result<(PathBuf, PathBuf)> {
     let files = srcache_ingest::scan::list_images(photos)?;
+    let stems: Vec<String> = files.iter().map(|f| f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()).collect();
+    let held: Vec<String> = if !held_out.is_empty() {
+        if let Some(missing) = held_out.iter().find(|h| !stems.contains(h)) {
+            bail!("{}: no photo named {missing:?} to hold out (have: {})", photos.display(), stems.join(", "));
+        }
+        held_out.to_vec()
+    } else if HELD_OUT.iter().all(|h| stems.iter().any(|s| s == h)) {
+        HELD_OUT.iter().map(|s| s.to_string()).collect()
+    } else {
+        let mut sorted = stems.clone();
+        sorted.sort();
+        let n = sorted.len().div_ceil(5).max(1);
+        sorted[sorted.len().saturating_sub(n)..].to_vec()
+    };
     let train = out.join("data/train_HR");
     let bench = out.join("data/DemoVal");
     std::fs::create_dir_all(&train)?;
@@ -53,7 +70,7 @@ pub(crate) fn prepare_data(photos: &Path, out: &Path, scale: u32) -> Result<(Pat
     for f in &files {
         let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let name = f.file_name().context("file name")?;
-        let dst = if HELD_OUT.contains(&stem.as_str()) {
+        let dst = if held.contains(&stem) {
             n_val += 1;
             bench.join("HR").join(name)
         } else {
@@ -63,17 +80,22 @@ pub(crate) fn prepare_data(photos: &Path, out: &Path, scale: u32) -> Result<(Pat
         std::fs::copy(f, &dst).with_context(|| format!("copy {} → {}", f.display(), dst.display()))?;
     }
     if n_train == 0 || n_val == 0 {
-        bail!("{}: need training photos and the held-out {HELD_OUT:?}", photos.display());
+        bail!("{}: need at least two photos: some to train on and some to hold out ({held:?})", photos.display());
     }
     let lr_dir = benchmark::lr_dir(&bench, scale);
     let (written, skipped) = srcache_ingest::write_lr_folder(&bench.join("HR"), scale, &lr_dir, true, &|| {})?;
-    println!("{n_train} training photos, {n_val} held out; wrote {written} LR images to {} ({} skipped)", lr_dir.display(), skipped.len());
+    println!(
+        "{n_train} training photos, {n_val} held out ({}); wrote {written} LR images to {} ({} skipped)",
+        held.join(", "),
+        lr_dir.display(),
+        skipped.len()
+    );
     Ok((train, bench))
 }
 
 fn cache_config(train: &Path, out: &Path, scale: u32) -> CacheConfig {
     CacheConfig {
-        input: InputConfig { hr_dir: train.to_path_buf(), scale, patch: 32, stride: 16, ..Default::default() },
+        input: InputConfig { hr_dir: train.to_path_buf(), scale, patch: 32, stride: Some(16), ..Default::default() },
         experts: Builtin::ALL.iter().map(|b| ExpertConfig::builtin(b.as_str(), *b)).collect(),
         out: out.join("cache"),
         devices: "cpu".into(),
@@ -105,30 +127,24 @@ pub(crate) fn train_config(steps: u64, scale: u32, bench: &Path) -> TrainConfig 
     cfg
 }
 
-/// One contact sheet per held-out image: HR crop, bicubic, each expert, fused, with labels and PSNR.
+/// One contact sheet per held-out image (PNG + SVG): HR crop, bicubic, each expert, fused, with labels and PSNR.
 fn contact_sheet(out: &ImageResult, hr: &RgbImage, scale: u32, path: &Path) -> Result<()> {
     let crop = 160u32.min(hr.width()).min(hr.height());
     let (cx, cy) = ((hr.width() - crop) / 2, (hr.height() - crop) / 2);
     let cut = |img: &RgbImage| image::imageops::crop_imm(img, cx, cy, crop, crop).to_image();
-    let mut tiles: Vec<(String, RgbImage)> = vec![
-        ("HR".into(), cut(hr)),
-        (format!("MATLAB BICUBIC {:.2}DB", srcache_ingest::metrics::psnr_y(&out.bicubic, hr, scale)), cut(&out.bicubic)),
+    let psnr = |img: &RgbImage| srcache_ingest::metrics::psnr_y(img, hr, scale);
+    let mut tiles: Vec<Tile> = vec![
+        Tile { label: "HR".into(), img: cut(hr) },
+        Tile { label: format!("MATLAB bicubic {:.2} dB", psnr(&out.bicubic)), img: cut(&out.bicubic) },
     ];
     for (n, img) in &out.experts {
-        tiles.push((format!("{} {:.2}DB", n.to_uppercase(), srcache_ingest::metrics::psnr_y(img, hr, scale)), cut(img)));
+        tiles.push(Tile { label: format!("{n} {:.2} dB", psnr(img)), img: cut(img) });
     }
     if let Some(f) = &out.fused {
-        tiles.push((format!("FUSED {:.2}DB", srcache_ingest::metrics::psnr_y(f, hr, scale)), cut(f)));
+        tiles.push(Tile { label: format!("Fused {:.2} dB", psnr(f)), img: cut(f) });
     }
-    let (pad, label) = (8i64, 14i64);
-    let cols = tiles.len() as i64;
-    let mut canvas = Canvas::new((cols * (crop as i64 + pad) + pad) as u32, (crop as i64 + label + 2 * pad) as u32, Rgb([24, 24, 28]));
-    for (i, (name, img)) in tiles.iter().enumerate() {
-        let x = pad + i as i64 * (crop as i64 + pad);
-        canvas.text(x, pad, name, 1, Rgb([230, 230, 230]));
-        canvas.blit(img, x, pad + label);
-    }
-    srcache_ingest::write_png(path, &canvas.img)?;
+    let sheet = Sheet { cols: tiles.len(), tile: (crop, crop), cells: tiles.into_iter().map(Some).collect() };
+    srcache_trainer::plot::save_sheet(&sheet, path)?;
     Ok(())
 }
 
@@ -157,7 +173,7 @@ pub fn run(a: Args) -> Result<()> {
     std::fs::create_dir_all(&report)?;
 
     step(1, "ingest: built-in photos → train set + held-out benchmark (MATLAB-bicubic LR)");
-    let (train, bench) = prepare_data(&photos, &a.out, a.scale)?;
+    let (train, bench) = prepare_data(&photos, &a.out, a.scale, &[])?;
 
     step(2, "cache: 3 built-in experts over every 32×32 LR patch → compressed shards");
     let cfg = cache_config(&train, &a.out, a.scale);
@@ -216,7 +232,7 @@ pub fn run(a: Args) -> Result<()> {
 
     step(5, "report");
     srcache_formats::write_atomic(&report.join("table.json"), &serde_json::to_vec_pretty(&rows)?)?;
-    for name in ["curves.png", "metrics.csv"] {
+    for name in ["curves.png", "curves.svg", "metrics.csv"] {
         let src = run_dir.join(name);
         if src.exists() {
             srcache_formats::write_atomic(&report.join(name), &std::fs::read(&src)?)?;

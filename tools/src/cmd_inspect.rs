@@ -170,7 +170,18 @@ pub(crate) fn human_bytes(b: u64) -> String {
 fn print_text(r: &Report) {
     println!("{}: {} samples in {} shard(s), {}", r.path.display(), r.samples, r.shards.len(), human_bytes(r.file_bytes));
     for (k, v) in &r.attrs {
-        println!("  attr {k} = {v}");
+        // A PCA basis is thousands of numbers: summarise it (the JSON output and `srcache export` keep it whole).
+        let summary = srcache_formats::attr::pca_expert(k).and_then(|_| serde_json::from_str::<srcache_formats::PcaBasis>(v).ok());
+        match summary {
+            Some(b) => println!(
+                "  attr {k} = PCA basis: {} of {} channels, {:.2}% of the variance ({} bytes; `inspect --json` prints it)",
+                b.k,
+                b.channels,
+                100.0 * b.explained_variance(),
+                v.len()
+            ),
+            None => println!("  attr {k} = {v}"),
+        }
     }
     println!();
     println!("{:<24} {:<5} {:<16} {:<16} {:>11} {:>11} {:>7}  note", "tensor", "dtype", "shape", "codec", "stored", "raw", "ratio");

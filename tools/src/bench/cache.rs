@@ -70,6 +70,7 @@ pub fn run(a: BenchCacheArgs) -> anyhow::Result<()> {
         scale: Some(a.scale),
         patch: Some(a.patch),
         stride: a.stride,
+        variants: Vec::new(),
         experts,
         out: Some(out.clone()),
         devices: Some(a.devices.clone()),

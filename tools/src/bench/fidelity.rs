@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use srcache_cache::{CacheConfig, ExpertConfig, InputConfig, NoProgress, RunOptions};
 use srcache_experts::{Builtin, ExpertSource, ExpertSpec};
-use srcache_formats::{Codec, DType, Dataset};
+use srcache_formats::{DType, Dataset};
 use srcache_trainer::{Loader, LoaderConfig, LoaderPosition};
 use tch::Tensor;
 
@@ -22,12 +22,18 @@ pub struct BenchFidelityArgs {
     /// scripts/real-experts.sh, then --expert anime=.experts/animevideov3.pt --expert rrdb=.experts/x4plus_anime.pt
     #[arg(long = "expert")]
     pub experts: Vec<String>,
-    /// HR photos, chelsea and rocket among them (held out for evaluation). Default: the built-in photos.
+    /// HR photos to cache, train on and evaluate on (default: the built-in photos).
     #[arg(long)]
     pub photos: Option<PathBuf>,
-    /// Variants to run (default: all), lossless first: lossless (f16 sr and features), default (the cache's
-    /// default storage: u8 sr), feat-u8, feat-u8-zstd, sr-u8, sr-u8+feat-u8-zstd, pca-999, pca-16, sr-u8+pca-999,
-    /// sr-u8+pca-16, sr-u8+pca-8. Parts join with `+`; pca-K keeps K components, pca-999 99.9% of the variance.
+    /// Stem of a photo to hold out for evaluation, never trained on (repeatable). Default: chelsea and rocket
+    /// when --photos has them, else the last fifth of the photos by name.
+    #[arg(long = "held-out", value_name = "STEM")]
+    pub held_out: Vec<String>,
+    /// Variants to run (default: all), lossless first: lossless (f16 sr and features, = cache --lossless),
+    /// default (the cache's default storage: u8 sr), feat-u8 (= --feat-u8: affine_u8_zstd), feat-u8-raw
+    /// (affine_u8, no zstd), sr-u8 (= --sr-u8), sr-u8+feat-u8, pca-999, pca-16, sr-u8+pca-999, sr-u8+pca-16,
+    /// sr-u8+pca-8. Parts join with `+` on top of lossless; pca-K keeps K components (= --feat-pca K), pca-999
+    /// 99.9% of the variance (= --feat-pca 0.999).
     #[arg(long = "variant")]
     pub variants: Vec<String>,
     /// Fusion training steps per variant.
@@ -35,9 +41,11 @@ pub struct BenchFidelityArgs {
     pub steps: u64,
     #[arg(long, default_value_t = 4)]
     pub scale: u32,
-    /// LR patch side and stride of the caches.
+    /// LR patch side of the caches.
     #[arg(long, default_value_t = 32)]
     pub patch: u32,
+    /// Distance between patch origins in LR pixels. Overlapping (16 < 32) by default so that a few training
+    /// photos give enough samples; `srcache cache` itself defaults to the patch size.
     #[arg(long, default_value_t = 16)]
     pub stride: u32,
     /// Where to make the scratch folder (default: the system temp dir); removed at the end.
@@ -48,51 +56,10 @@ pub struct BenchFidelityArgs {
     pub json: Option<PathBuf>,
 }
 
-/// A storage setting, applied to every expert of the cache config: `default` is the cache's default storage;
-/// every other name starts from lossless (f16 everything) and adds its parts.
-fn variant(name: &str, e: &mut ExpertConfig) -> Result<()> {
-    if name == "default" {
-        return Ok(());
-    }
-    e.make_lossless();
-    for part in name.split('+') {
-        match part {
-            "lossless" => {}
-            "feat-u8" => e.feat_codec = Some(Codec::AffineU8),
-            "feat-u8-zstd" => e.feat_codec = Some(Codec::AFFINE_U8_ZSTD),
-            "sr-u8" => {
-                e.dtype = DType::U8;
-                e.codec = Codec::RESIDUAL_U8;
-                e.feat_dtype = Some(DType::F16);
-            }
-            p if p.starts_with("pca-") => {
-                let mut c = srcache_cache::pca::PcaConfig::default();
-                match &p[4..] {
-                    "999" => c.energy = 0.999,
-                    "99" => c.energy = 0.99,
-                    k => c.k = k.parse().with_context(|| format!("variant {name}: {p} is not pca-<k> or pca-999"))?,
-                }
-                e.feat_pca = Some(c);
-            }
-            other => bail!("unknown variant part {other:?} in {name:?}"),
-        }
-    }
-    Ok(())
-}
-
-const ALL: [&str; 11] = [
-    "lossless",
-    "default",
-    "feat-u8",
-    "feat-u8-zstd",
-    "sr-u8",
-    "sr-u8+feat-u8-zstd",
-    "pca-999",
-    "pca-16",
-    "sr-u8+pca-999",
-    "sr-u8+pca-16",
-    "sr-u8+pca-8",
-];
+/// The variants run by default: `srcache_cache::StoragePreset` names (the cache's flags under other spellings
+/// would make two names for one setting).
+const ALL: [&str; 11] =
+    ["lossless", "default", "feat-u8-raw", "feat-u8", "sr-u8", "sr-u8+feat-u8", "pca-999", "pca-16", "sr-u8+pca-999", "sr-u8+pca-16", "sr-u8+pca-8"];
 
 #[derive(serde::Serialize)]
 struct Row {
@@ -188,7 +155,7 @@ pub fn run(a: BenchFidelityArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => srcache_ingest::photos::extract(&root.join("photos"))?,
     };
-    let (train, bench) = crate::cmd_demo::prepare_data(&photos, root, a.scale)?;
+    let (train, bench) = crate::cmd_demo::prepare_data(&photos, root, a.scale, &a.held_out)?;
     let experts: Vec<(String, ExpertSource)> = if a.experts.is_empty() {
         Builtin::ALL.iter().map(|b| (b.as_str().to_string(), ExpertSource::Builtin(*b))).collect()
     } else {
@@ -212,7 +179,7 @@ pub fn run(a: BenchFidelityArgs) -> Result<()> {
     for name in &variants {
         let t0 = Instant::now();
         let mut cfg = CacheConfig {
-            input: InputConfig { hr_dir: train.clone(), scale: a.scale, patch: a.patch, stride: a.stride, ..Default::default() },
+            input: InputConfig { hr_dir: train.clone(), scale: a.scale, patch: a.patch, stride: Some(a.stride), ..Default::default() },
             experts: experts
                 .iter()
                 .map(|(n, s)| match s {
@@ -226,9 +193,8 @@ pub fn run(a: BenchFidelityArgs) -> Result<()> {
             target_shard_bytes: 64 << 20,
             ..Default::default()
         };
-        for e in &mut cfg.experts {
-            variant(name, e)?;
-        }
+        let preset: srcache_cache::StoragePreset = name.parse()?;
+        cfg.experts.iter_mut().for_each(|e| preset.apply(e));
         let summary = srcache_cache::run_with(&cfg, &RunOptions::default(), &NoProgress)?;
         let ds = Dataset::open(&cfg.out)?;
         let bytes_per_sample = summary.bytes as f64 / summary.samples.max(1) as f64;

@@ -38,6 +38,8 @@ pub struct BenchIngestArgs {
     pub scale: u32,
     #[arg(long, default_value_t = 64)]
     pub patch: u32,
+    /// Distance between patch origins in LR pixels (48 < 64: overlapping, the workload BENCHMARKS.md's
+    /// ingest figures were measured on; `srcache ingest patches` defaults to the patch size).
     #[arg(long, default_value_t = 48)]
     pub stride: u32,
 }
@@ -116,7 +118,7 @@ fn ingest_args(a: &BenchIngestArgs, hr: &std::path::Path, lr: Option<PathBuf>, o
         lr,
         scale: a.scale,
         patch: a.patch,
-        stride: a.stride,
+        stride: Some(a.stride),
         flat_threshold: None,
         variants: Vec::new(),
         seed: 0,
@@ -172,7 +174,7 @@ pub fn run_ingest(a: BenchIngestArgs) -> Result<()> {
     // The patch stream without writing: decode + LR + crops + CHW, to separate cutting from storing.
     let cfg = srcache_ingest::IngestConfig {
         scan: srcache_ingest::ScanConfig { hr_dir: hr.clone(), lr_dir: None, scale: a.scale },
-        patch: srcache_ingest::PatchConfig { size: a.patch, stride: a.stride, flat_threshold: None },
+        patch: srcache_ingest::PatchConfig { size: a.patch, stride: Some(a.stride), flat_threshold: None },
         strict: true,
         ..Default::default()
     };
