@@ -85,7 +85,7 @@ fn cpu_run_with_exported_and_builtin_experts() {
     assert_eq!(sorted_by_stream.len(), 40, "duplicate sample ids");
 
     // The Python reader (numpy + zstandard + pyarrow, no Rust) reads the same shards through the manifest.
-    let code = "import sys, os; sys.path.insert(0, sys.argv[1]); import srcache_reader as r; \
+    let code = "import sys, os; sys.path.insert(0, sys.argv[1]); from srcache import reader as r; \
                 m = r.read_manifest(os.path.join(sys.argv[2], 'manifest.parquet')).to_pylist(); \
                 assert len(m) == 40, len(m); row = m[3]; \
                 s = r.Shard(os.path.join(sys.argv[2], row['shard'])).sample(row['index']); \

@@ -4,7 +4,7 @@
 //! shard's [`Schema`]) plus [`SampleMeta`]. Shards are memory-mapped; any tensor of any sample is reached in
 //! O(1) through a fixed-size index, raw tensors are zero-copy slices of the map, every payload carries an
 //! xxh3-64 checksum. A *dataset* is a directory of shards plus a Parquet manifest. The byte layout is
-//! specified in `formats/FORMAT.md`; `python/srcache_reader.py` is an independent reader of it.
+//! specified in `formats/FORMAT.md`; `python/srcache/reader.py` is an independent reader of it.
 //!
 //! This crate deliberately does not depend on tch: conversion to tensors happens in the crates that use tch.
 

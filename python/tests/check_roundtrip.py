@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from srcache_reader import Shard, read_manifest  # noqa: E402  (the backwards-compatible shim)
+from srcache.reader import Shard, read_manifest  # noqa: E402
 from srcache import bicubic_u8, open_dataset  # noqa: E402
 
 root = pathlib.Path(sys.argv[1])
