@@ -9,11 +9,11 @@ mod reliability_common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ingest_common::{s, samples, small_photos};
-use reliability_common::{cache_args, error_rule, refs, small_cache, train_toml, Tally};
+use reliability_common::{cache_args, lock_held, refs, refused, small_cache, spawn, succeeds, train_toml, Tally};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -33,49 +33,6 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     walk(dir, dir, &mut out);
     out
-}
-
-/// Runs `args`, expecting a refusal that follows the error rule, names one of `names` and holds `needle`.
-fn refused(t: &mut Tally, label: &str, args: &[&str], names: &[&str], needle: &str) {
-    if let Some(r) = t.run(label, args, &[], TIMEOUT) {
-        let outcome = error_rule(&r, names).and_then(|()| match r.stderr.contains(needle) {
-            true => Ok(()),
-            false => Err(format!("the error does not say {needle:?}")),
-        });
-        t.check(label, &r, outcome);
-    }
-}
-
-fn succeeds(t: &mut Tally, label: &str, args: &[&str]) -> String {
-    let Some(r) = t.run(label, args, &[], TIMEOUT) else { return String::new() };
-    let outcome = if r.code() == Some(0) { Ok(()) } else { Err(format!("exit {:?}, want 0", r.code())) };
-    t.check(label, &r, outcome);
-    format!("{}{}", r.stdout, r.stderr)
-}
-
-/// Whether another process holds an flock on `path` (a lock file or a directory).
-pub fn lock_held(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(f) = std::fs::File::open(path) else { return false };
-    // SAFETY: flock on a descriptor this function owns.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        // SAFETY: as above.
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
-    }
-    r != 0
-}
-
-/// Starts `srcache args` in the background, stderr to `err`.
-fn spawn(args: &[String], err: &Path) -> Child {
-    Command::new(srcache_tests::srcache_bin())
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(err).expect("stderr file"))
-        .spawn()
-        .expect("spawn")
 }
 
 /// Waits until `lock` is held (true) or `child` exits first (false).
@@ -140,7 +97,7 @@ fn cache_force_beside_a_running_cache_user_parts_copied_parts_and_config_ranges(
     let status = first.wait().expect("wait");
     let err = std::fs::read_to_string(tmp.path().join("first.err")).unwrap_or_default();
     assert!(status.success(), "the first cache failed beside the refused --force: {err}");
-    succeeds(&mut t, "verify the first cache", &["verify", s(&out)]);
+    succeeds(&mut t, "verify the first cache", &["verify", s(&out)], &[]);
     // 96x96 HR at x2: 48x48 LR, nine 16x16 patches an image.
     assert_eq!(samples(&out), 120 * 9, "the first cache is short");
 
@@ -159,7 +116,7 @@ fn cache_force_beside_a_running_cache_user_parts_copied_parts_and_config_ranges(
     ] {
         let dir = tmp.path().join(format!("parts-{}", what.replace(' ', "-")));
         let args = cache_args(&small_hr, &dir, 16, &[]);
-        succeeds(&mut t, &format!("cache before {what} named parts"), &refs(&args));
+        succeeds(&mut t, &format!("cache before {what} named parts"), &refs(&args), &[]);
         make(&dir.join("parts"));
         let before = snapshot(&dir);
         let mut forced = args.clone();
@@ -174,7 +131,7 @@ fn cache_force_beside_a_running_cache_user_parts_copied_parts_and_config_ranges(
     small_photos(&four, 4, 64);
     for k in 0..2 {
         let args = cache_args(&four, &parted, 16, &["--part", &format!("{k}/2")]);
-        succeeds(&mut t, &format!("cache --part {k}/2"), &refs(&args));
+        succeeds(&mut t, &format!("cache --part {k}/2"), &refs(&args), &[]);
     }
     let (p0, p1) = (parted.join("parts/0-of-2"), parted.join("parts/1-of-2"));
     for f in ["shard-00000.srs", "manifest.parquet"] {
@@ -381,7 +338,7 @@ fn train_refuses_out_of_range_numbers_and_refused_resumes_change_nothing() {
         v.extend(extra.iter().map(|x| x.to_string()));
         v
     };
-    succeeds(&mut t, "train after fixing val_dirs", &refs(&train(&[])));
+    succeeds(&mut t, "train after fixing val_dirs", &refs(&train(&[])), &[]);
 
     // Refused resumes change nothing: fewer steps than done, another model, another dataset.
     let before = snapshot(&run);
@@ -394,6 +351,6 @@ fn train_refuses_out_of_range_numbers_and_refused_resumes_change_nothing() {
     let args = ["train", "--data", s(&other), "--out", s(&run), "--config", s(&cfg), "--resume", "--steps", "6"];
     refused(&mut t, "train --resume on another dataset", &args, &[s(&run)], "another dataset");
     assert_eq!(snapshot(&run), before, "a refused resume changed the run");
-    succeeds(&mut t, "train --resume on its own dataset", &refs(&train(&["--resume", "--steps", "6"])));
+    succeeds(&mut t, "train --resume on its own dataset", &refs(&train(&["--resume", "--steps", "6"])), &[]);
     t.finish("hostile round 2: train");
 }

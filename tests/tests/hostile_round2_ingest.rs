@@ -9,11 +9,10 @@ mod reliability_common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ingest_common::{s, small_photos};
-use reliability_common::{cache_args, error_rule, refs, Tally};
+use reliability_common::{cache_args, lock_held, refs, refused, spawn, succeeds, Tally};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -23,47 +22,6 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         out.insert(e.path(), std::fs::read(e.path()).unwrap_or_default());
     }
     out
-}
-
-fn refused(t: &mut Tally, label: &str, args: &[&str], names: &[&str], needle: &str) {
-    if let Some(r) = t.run(label, args, &[], TIMEOUT) {
-        let outcome = error_rule(&r, names).and_then(|()| match r.stderr.contains(needle) {
-            true => Ok(()),
-            false => Err(format!("the error does not say {needle:?}")),
-        });
-        t.check(label, &r, outcome);
-    }
-}
-
-fn succeeds(t: &mut Tally, label: &str, args: &[&str], env: &[(&str, &str)]) -> String {
-    let Some(r) = t.run(label, args, env, TIMEOUT) else { return String::new() };
-    let outcome = if r.code() == Some(0) { Ok(()) } else { Err(format!("exit {:?}, want 0", r.code())) };
-    t.check(label, &r, outcome);
-    format!("{}{}", r.stdout, r.stderr)
-}
-
-/// Whether another process holds an flock on `path`.
-fn lock_held(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(f) = std::fs::File::open(path) else { return false };
-    // SAFETY: flock on a descriptor this function owns.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        // SAFETY: as above.
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
-    }
-    r != 0
-}
-
-fn spawn(args: &[String], err: &Path) -> Child {
-    Command::new(srcache_tests::srcache_bin())
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(err).expect("stderr file"))
-        .spawn()
-        .expect("spawn")
 }
 
 fn strings(v: &[&str]) -> Vec<String> {

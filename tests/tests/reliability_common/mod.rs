@@ -321,3 +321,50 @@ pub fn lying_zstd_frame(claimed: u64, body: &[u8]) -> Vec<u8> {
     f.extend_from_slice(body);
     f
 }
+
+/// How long one hostile run may take before it counts as a hang.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `args`, expecting a refusal that follows the error rule, names one of `names` and holds `needle`.
+pub fn refused(t: &mut Tally, label: &str, args: &[&str], names: &[&str], needle: &str) {
+    if let Some(r) = t.run(label, args, &[], RUN_TIMEOUT) {
+        let outcome = error_rule(&r, names).and_then(|()| match r.stderr.contains(needle) {
+            true => Ok(()),
+            false => Err(format!("the error does not say {needle:?}")),
+        });
+        t.check(label, &r, outcome);
+    }
+}
+
+/// Runs `args` (with `env`), expecting exit 0; returns stdout + stderr.
+pub fn succeeds(t: &mut Tally, label: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let Some(r) = t.run(label, args, env, RUN_TIMEOUT) else { return String::new() };
+    let outcome = if r.code() == Some(0) { Ok(()) } else { Err(format!("exit {:?}, want 0", r.code())) };
+    t.check(label, &r, outcome);
+    format!("{}{}", r.stdout, r.stderr)
+}
+
+/// Whether another process holds an flock on `path` (a lock file or a directory).
+pub fn lock_held(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(path) else { return false };
+    // SAFETY: flock on a descriptor this function owns.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        // SAFETY: as above.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+    }
+    r != 0
+}
+
+/// Starts `srcache args` in the background, stderr to `err`.
+pub fn spawn(args: &[String], err: &Path) -> std::process::Child {
+    std::process::Command::new(srcache_tests::srcache_bin())
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(err).expect("stderr file"))
+        .spawn()
+        .expect("spawn")
+}
