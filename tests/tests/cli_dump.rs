@@ -27,23 +27,6 @@ fn p(path: &Path) -> &str {
     path.to_str().expect("utf8 path")
 }
 
-fn decode_base64(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let b: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::new();
-    for ch in b.chunks(4) {
-        let n = ch.iter().enumerate().fold(0u32, |a, (i, &c)| a | (val(c) as u32) << (18 - 6 * i));
-        out.extend_from_slice(&n.to_be_bytes()[1..ch.len()]);
-    }
-    out
-}
-
 /// The stored `sr/<e>` of sample `g` as the u8 RGB picture it stands for (u8: as stored; floats: rounded
 /// from [0,1]), nearest-neighbour enlarged by `zoom`.
 fn stored_picture(ds: &Dataset, g: usize, name: &str, zoom: u32) -> image::RgbImage {
@@ -98,7 +81,7 @@ fn check_dump(cache: &Path, out: &Path, lossless: bool) {
         let differing = drawn.pixels().zip(want.pixels()).filter(|(a, b)| a != b).count();
         assert_eq!(differing, 0, "{e}: {differing} of {} drawn SR pixels differ from the stored output (lossless={lossless})", w * h);
         let data = tile.attr("href").strip_prefix("data:image/png;base64,").expect("embedded PNG");
-        assert_eq!(image::load_from_memory(&decode_base64(data)).expect("decodes").to_rgb8(), want, "{e}: SVG tile");
+        assert_eq!(image::load_from_memory(&svg::decode_base64(data)).expect("decodes").to_rgb8(), want, "{e}: SVG tile");
         // The error tile beside it: its scale (the 99th percentile of |SR-HR| in 8-bit levels) is an error's,
         // a few levels for these experts, not the picture's brightness (the bug drew "0-218").
         let next = els[pos + 1..].iter().find(|t| t.name == "title").expect("error tile title");

@@ -43,17 +43,13 @@ pub struct Args {
 }
 
 /// The baseline rows: which can be computed here, and notes for those that cannot.
-fn baselines(a: &Args, stack: &SrStack) -> Result<Baselines> {
+fn baselines(a: &Args, stack: &SrStack, ds: Option<&Dataset>) -> Result<Baselines> {
     if a.no_baselines {
         return Ok(Baselines::none());
     }
     let names = stack.names();
     let mut b = Baselines { average: names.len() >= 2, oracle: names.len() >= 2, ..Baselines::none() };
-    let ds = match &a.stack.cache {
-        Some(c) => Some(Dataset::open(c).with_context(|| format!("reading the cache {} for the baselines", c.display()))?),
-        None => None,
-    };
-    b.self_ensemble = match (&a.self_ensemble, &ds) {
+    b.self_ensemble = match (&a.self_ensemble, ds) {
         (Some(n), _) => Some(names.iter().position(|e| e == n).with_context(|| format!("--self-ensemble {n}: no such expert (have {names:?})"))?),
         (None, Some(ds)) => baselines::best_in_cache(ds, &names),
         (None, None) => {
@@ -61,7 +57,7 @@ fn baselines(a: &Args, stack: &SrStack) -> Result<Baselines> {
             None
         }
     };
-    if let Some(ds) = &ds {
+    if let Some(ds) = ds {
         match baselines::fit_blend(ds, &names, a.blend_samples) {
             Ok(w) => {
                 let terms: Vec<String> = names.iter().zip(&w).map(|(n, w)| format!("{w:+.4}·{n}")).collect();
@@ -89,11 +85,11 @@ pub fn print_table(rows: &[Row]) {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (stack, fusion) = a.stack.build()?;
+    let (stack, fusion, cache) = a.stack.build_with_cache()?;
     for n in &stack.notes {
         eprintln!("note: {n}");
     }
-    let baselines = baselines(&a, &stack)?;
+    let baselines = baselines(&a, &stack, cache.as_ref())?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );

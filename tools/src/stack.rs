@@ -36,8 +36,8 @@ pub struct StackArgs {
     pub overlap: i64,
 }
 
-/// (name, source) of each expert, the scale and the patch size a cache records.
-type CacheExperts = (Vec<(String, ExpertSource)>, Option<u32>, Option<u32>);
+/// (name, source) of each expert, the scale and the patch size a cache records, and the opened cache.
+type CacheExperts = (Vec<(String, ExpertSource)>, Option<u32>, Option<u32>, Option<Dataset>);
 
 /// What a cache says about its experts: (name, source) in name order, the scale and the patch size.
 fn from_cache(dir: &Path) -> Result<CacheExperts> {
@@ -45,24 +45,30 @@ fn from_cache(dir: &Path) -> Result<CacheExperts> {
     let schema = ds.schema().with_context(|| format!("{}: dataset has no shards", dir.display()))?;
     let names = schema.sr_experts();
     let sources = srcache_experts::sources_from_dataset(&ds, &names)?;
-    Ok((sources, schema.scale(), schema.patch()))
+    let (scale, patch) = (schema.scale(), schema.patch());
+    Ok((sources, scale, patch, Some(ds)))
 }
 
 impl StackArgs {
     /// Loads the experts (sorted by name: the fusion model's order) and the fusion model, if any.
     pub fn build(&self) -> Result<(SrStack, Option<FusionModule>)> {
+        self.build_with_cache().map(|(stack, fusion, _)| (stack, fusion))
+    }
+
+    /// [`StackArgs::build`], also handing back the `--cache` dataset it opened (eval fits its baselines on it).
+    pub fn build_with_cache(&self) -> Result<(SrStack, Option<FusionModule>, Option<Dataset>)> {
         let device = parse_device(&self.device)?;
-        let (mut list, cache_scale, patch) = if !self.experts.is_empty() {
+        let (mut list, cache_scale, patch, ds) = if !self.experts.is_empty() {
             let specs = self.experts.iter().map(|s| s.parse::<ExpertSpec>().map(|e| (e.name, e.source))).collect::<Result<Vec<_>, _>>()?;
-            let (_, scale, patch) = match &self.cache {
+            let (_, scale, patch, ds) = match &self.cache {
                 Some(c) => from_cache(c)?,
-                None => (Vec::new(), None, None),
+                None => (Vec::new(), None, None, None),
             };
-            (specs, scale, patch)
+            (specs, scale, patch, ds)
         } else if let Some(dir) = &self.cache {
             from_cache(dir)?
         } else {
-            (Builtin::ALL.iter().map(|b| (b.as_str().to_string(), ExpertSource::Builtin(*b))).collect(), None, None)
+            (Builtin::ALL.iter().map(|b| (b.as_str().to_string(), ExpertSource::Builtin(*b))).collect(), None, None, None)
         };
         list.sort_by(|a, b| a.0.cmp(&b.0));
         let scale = self.scale.or(cache_scale).unwrap_or(4);
@@ -74,6 +80,6 @@ impl StackArgs {
         if let Some(f) = &fusion {
             srcache_experts::evaluate::check_compatible(&stack, f)?;
         }
-        Ok((stack, fusion))
+        Ok((stack, fusion, ds))
     }
 }

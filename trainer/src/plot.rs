@@ -8,6 +8,7 @@
 
 use crate::error::{Result, TrainerError};
 use image::{Rgb, RgbImage};
+use plotters::chart::MeshStyle;
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
@@ -27,6 +28,17 @@ fn ensure_font() -> std::result::Result<(), String> {
         Ok(())
     } else {
         Err("the shipped DejaVu Sans font does not parse".into())
+    }
+}
+
+/// The axis look every chart shares: grey tick labels, ink axis titles and axes, a light grid.
+trait HouseStyle {
+    fn house_style(&mut self) -> &mut Self;
+}
+
+impl<X: Ranged, Y: Ranged, DB: DrawingBackend> HouseStyle for MeshStyle<'_, '_, X, Y, DB> {
+    fn house_style(&mut self) -> &mut Self {
+        self.label_style(font(12, AXIS_GREY)).axis_desc_style(font(13, INK)).bold_line_style(rgb(GRID)).light_line_style(WHITE).axis_style(rgb(INK))
     }
 }
 
@@ -259,11 +271,7 @@ where
         .y_desc(p.y_label.as_str())
         .x_label_formatter(&x_fmt)
         .y_label_formatter(&y_fmt)
-        .label_style(font(12, AXIS_GREY))
-        .axis_desc_style(font(13, INK))
-        .bold_line_style(rgb(GRID))
-        .light_line_style(WHITE)
-        .axis_style(rgb(INK))
+        .house_style()
         .draw()?;
     let mut points_drawn: Vec<(f64, f64)> = Vec::new();
     let mut any = false;
@@ -380,11 +388,7 @@ impl Figure for Histograms<'_> {
                 .y_desc(p.y_label)
                 .x_label_formatter(&fmt)
                 .y_label_formatter(&count_fmt)
-                .label_style(font(12, AXIS_GREY))
-                .axis_desc_style(font(13, INK))
-                .bold_line_style(rgb(GRID))
-                .light_line_style(WHITE)
-                .axis_style(rgb(INK))
+                .house_style()
                 .draw()?;
             let n = p.counts.len().max(1) as f64;
             let bw = (hi - lo) / n;

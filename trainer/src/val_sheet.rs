@@ -2,7 +2,7 @@
 //! output (the EMA model), HR — each labelled with its Y-PSNR. Written to `<run>/val_sheet.png` (+ `.svg`) at
 //! every validation and, when TensorBoard is on, as the image summary `val/sheet` at that step.
 
-use crate::config::{LoaderConfig, ShuffleMode, TrainConfig};
+use crate::config::TrainConfig;
 use crate::error::{Result, TorchCtx};
 use crate::loader::{Loader, LoaderPosition};
 use crate::metrics::{psnr_y, tensor_to_rgb8, Rgb8};
@@ -24,19 +24,7 @@ pub fn build(model: &FusionNet, ds: &Arc<Dataset>, idx: &[usize], cfg: &TrainCon
     if n == 0 {
         return Ok(None);
     }
-    let lc = LoaderConfig {
-        batch_size: n,
-        crop: None,
-        dihedral: false,
-        shuffle: ShuffleMode::Global,
-        workers: 1,
-        prefetch: 1,
-        seed: cfg.seed,
-        experts: model.cfg.experts.clone(),
-        load_feats: cfg.loader.load_feats,
-        stored_dtype: cfg.loader.stored_dtype,
-        pin_device: None,
-    };
+    let lc = crate::validate::eval_loader_config(model, cfg, n);
     let mut loader = Loader::new(ds.clone(), idx[..n].to_vec(), &lc, LoaderPosition::default())?;
     let _g = tch::no_grad_guard();
     let b = loader.next_batch()?.to_device(model.device())?;

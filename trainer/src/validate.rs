@@ -127,11 +127,11 @@ impl std::fmt::Display for ValReport {
     }
 }
 
-pub fn held_out(model: &FusionNet, ds: &Arc<Dataset>, val_idx: &[usize], cfg: &TrainConfig) -> Result<ValTable> {
-    let n = val_idx.len().min(cfg.val_max_samples.max(1));
-    let bs = cfg.loader.batch_size.min(n).max(1);
-    let lc = LoaderConfig {
-        batch_size: bs,
+/// The loader of the samples a validation scores (held-out table, contact sheet): whole patches, no
+/// augmentation, one worker, the model's experts.
+pub(crate) fn eval_loader_config(model: &FusionNet, cfg: &TrainConfig, batch_size: usize) -> LoaderConfig {
+    LoaderConfig {
+        batch_size,
         crop: None,
         dihedral: false,
         shuffle: ShuffleMode::Global,
@@ -143,7 +143,13 @@ pub fn held_out(model: &FusionNet, ds: &Arc<Dataset>, val_idx: &[usize], cfg: &T
         stored_dtype: cfg.loader.stored_dtype,
         // A few batches per validation: pinning would cost more than the copies it speeds up.
         pin_device: None,
-    };
+    }
+}
+
+pub fn held_out(model: &FusionNet, ds: &Arc<Dataset>, val_idx: &[usize], cfg: &TrainConfig) -> Result<ValTable> {
+    let n = val_idx.len().min(cfg.val_max_samples.max(1));
+    let bs = cfg.loader.batch_size.min(n).max(1);
+    let lc = eval_loader_config(model, cfg, bs);
     let mut loader = Loader::new(ds.clone(), val_idx.to_vec(), &lc, LoaderPosition::default())?;
     let scale = model.cfg.scale as usize;
     let e = model.cfg.experts.len();

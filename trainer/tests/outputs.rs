@@ -57,23 +57,6 @@ fn series_line(els: &[svg::Element], color: Rgb<u8>) -> &svg::Element {
     els.iter().filter(|e| e.name == "polyline" && e.attr("stroke") == hex(color)).max_by_key(|e| e.points().len()).expect("series polyline")
 }
 
-fn decode_base64(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let b: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::new();
-    for ch in b.chunks(4) {
-        let n = ch.iter().enumerate().fold(0u32, |a, (i, &c)| a | (val(c) as u32) << (18 - 6 * i));
-        out.extend_from_slice(&n.to_be_bytes()[1..ch.len()]);
-    }
-    out
-}
-
 #[test]
 fn curves_png_and_svg_hold_the_plotted_series() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -182,7 +165,7 @@ fn sheet_tiles_are_the_data_in_png_and_svg() {
         assert_eq!(drawn, tile(k), "bitmap tile {idx}");
         assert_eq!((el.num("x"), el.num("y")), (x as f64, y as f64));
         let data = el.attr("href").strip_prefix("data:image/png;base64,").expect("embedded PNG");
-        let embedded = image::load_from_memory(&decode_base64(data)).expect("embedded PNG decodes").to_rgb8();
+        let embedded = image::load_from_memory(&svg::decode_base64(data)).expect("embedded PNG decodes").to_rgb8();
         assert_eq!(embedded, tile(k), "SVG tile {idx}");
     }
 }

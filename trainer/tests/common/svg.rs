@@ -142,3 +142,21 @@ pub fn affine_fit(pairs: &[(f64, f64)]) -> (f64, f64) {
     let worst = pairs.iter().map(|p| (a + b * p.0 - p.1).abs()).fold(0.0, f64::max);
     (b, worst)
 }
+
+/// Standard base64 (the `data:image/png;base64,` payload of an embedded `<image>`), padding ignored.
+pub fn decode_base64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let b: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::new();
+    for ch in b.chunks(4) {
+        let n = ch.iter().enumerate().fold(0u32, |a, (i, &c)| a | (val(c) as u32) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..ch.len()]);
+    }
+    out
+}
