@@ -3,25 +3,28 @@
 # Python environment (no Rust, no network, no spandrel, no project .venv). Writes OUTDIR/report.md and
 # OUTDIR/report.json (+ commands.log); exits non-zero if any check fails. At most ~8 minutes on one data-centre GPU.
 #
-#   scripts/gpu-check.sh [OUTDIR] [--quick]          (OUTDIR default: gpu-check-out)
+#   scripts/gpu-check.sh [OUTDIR] [--quick] [--pt2-wait S]     (OUTDIR default: gpu-check-out)
 #
 # The srcache binary is built beforehand (cargo build --release -p srcache), stripped (about 20 MB) and carried
 # to the machine: $SRCACHE_BIN, else .gpu/srcache, else target/release/srcache. It runs against that machine's
 # torch: the lib/ of `python -c 'import torch'` (python = $SRCACHE_PYTHON, else /opt/torch/.venv/bin/python,
 # else python3, else .venv/bin/python), or $SRCACHE_TORCH_LIB. The experts are made on the spot with random
-# weights in plain PyTorch (python/gpu_archs.py): an RRDB of Real-ESRGAN x4plus size and a SwinIR-M.
+# weights in plain PyTorch (python/tools/gpu_archs.py): an RRDB of Real-ESRGAN x4plus size and a SwinIR-M, as
+# TorchScript and as AOTInductor packages (.pt2) compiled on the spot for the device in fp32, fp16 and bf16.
 # $SRCACHE_GPU_CHECK_DEVICE (default cuda:0) picks the device; `cpu` with --quick runs every check on the CPU at
 # small sizes, which is how this script is tested where there is no GPU (its figures are not GPU figures).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=gpu-check-out
 QUICK=()
-for a in "$@"; do
-  case $a in
-    --quick) QUICK=(--quick) ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-    *) OUT=$a ;;
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK+=(--quick) ;;
+    --pt2-wait) QUICK+=(--pt2-wait "$2"); shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) OUT=$1 ;;
   esac
+  shift
 done
 DEVICE=${SRCACHE_GPU_CHECK_DEVICE:-cuda:0}
 
@@ -44,8 +47,8 @@ mkdir -p "$OUT"
 echo "gpu-check: python $PY ($("$PY" -c 'import torch; print(torch.__version__, "cuda available:", torch.cuda.is_available())')), torch lib $TORCH_LIB, binary $BIN, device $DEVICE"
 if [[ $DEVICE == cuda* ]] && ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   # Still record doctor's view in the report, then fail with one clear line.
-  "$PY" "$REPO/python/gpu_check.py" "$OUT" --bin "$BIN" --device "$DEVICE" "${QUICK[@]}" || true
+  "$PY" "$REPO/python/tools/gpu_check.py" "$OUT" --bin "$BIN" --device "$DEVICE" "${QUICK[@]}" || true
   echo "gpu-check: FAIL: no CUDA device visible to torch on this machine (report: $OUT/report.md)"
   exit 1
 fi
-exec "$PY" "$REPO/python/gpu_check.py" "$OUT" --bin "$BIN" --device "$DEVICE" "${QUICK[@]}"
+exec "$PY" "$REPO/python/tools/gpu_check.py" "$OUT" --bin "$BIN" --device "$DEVICE" "${QUICK[@]}"

@@ -368,7 +368,7 @@ target_shard_bytes = $(( ${SLURM_TEST_SHARD_KIB:-1024} * 1024 ))
 compress_workers = 1
 
 [input]
-hr_dir = "$REPO/tests/data/photos"
+hr_dir = "$REPO/ingest/assets/photos"
 scale = 4
 patch = 16
 stride = ${SLURM_TEST_STRIDE:-4}

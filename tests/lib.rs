@@ -24,5 +24,5 @@ pub fn venv_python() -> PathBuf {
 
 /// The real photographs shipped for tests and the demo (public domain / CC0, see their LICENSE.md).
 pub fn photos_dir() -> PathBuf {
-    workspace().join("tests/data/photos")
+    workspace().join("ingest/assets/photos")
 }

@@ -21,6 +21,10 @@ pub const INPUTS_FILE: &str = "inputs.json";
 pub const PARTS_DIR: &str = "parts";
 /// The PCA bases of the experts with `feat_pca`, at the output root (shared by the parts of a cache).
 pub const PCA_FILE: &str = "feat-pca.json";
+/// Default LR context margin of the experts' inputs ([`InputConfig::halo`]).
+pub const DEFAULT_HALO: u32 = 8;
+/// Largest halo a run accepts (LR pixels each side).
+pub const MAX_HALO: u32 = 256;
 /// Largest batch a run accepts (samples per expert forward).
 pub const MAX_BATCH: usize = 1 << 16;
 
@@ -37,6 +41,11 @@ pub struct InputConfig {
     /// by `srcache_ingest::PatchConfig::stride`, the one place that knows this default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stride: Option<u32>,
+    /// LR pixels of context each side of a patch that the experts see (they run on the patch plus this
+    /// margin, cut from the whole LR image, and their outputs are the patch's centre), so cached outputs match
+    /// whole-image inference instead of carrying the border artefacts of a bare patch. Recorded in the schema
+    /// (`halo` attr). Default [`DEFAULT_HALO`], chosen by measurement (BENCHMARKS.md, "Halo").
+    pub halo: u32,
     /// Drop patches whose LR standard deviation is below this (0..255 scale).
     pub flat_threshold: Option<f32>,
     /// Degradation variants in order (ingest preset names); empty = the clean bicubic pair only.
@@ -67,6 +76,7 @@ impl Default for InputConfig {
             scale: 4,
             patch: srcache_ingest::DEFAULT_PATCH,
             stride: None,
+            halo: DEFAULT_HALO,
             flat_threshold: None,
             variants: Vec::new(),
             seed: 0,
@@ -108,7 +118,29 @@ pub struct ExpertConfig {
     /// Store features as their leading PCA coefficients (e.g. `{ k = 16 }` or `{ energy = 0.999 }`); their codec
     /// then defaults to per-channel 8-bit + zstd (`affine_u8_zstd`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub feat_pca: Option<crate::pca::PcaConfig>,
+    pub feat_pca: Option<PcaConfig>,
+}
+
+/// How an expert's features are reduced (`feat_pca = { k = 16 }` or `{ energy = 0.999 }` in the cache config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PcaConfig {
+    /// Keep this many components (0 = the fewest that reach `energy`).
+    pub k: usize,
+    /// Fraction of the feature variance the kept components must explain when `k` is 0.
+    pub energy: f32,
+    /// Input images sampled (seeded) for the fit, and patches taken from each.
+    pub images: usize,
+    pub patches_per_image: usize,
+    /// Feature pixels used per patch (evenly spaced).
+    pub pixels_per_patch: usize,
+    pub seed: u64,
+}
+
+impl Default for PcaConfig {
+    fn default() -> Self {
+        PcaConfig { k: 0, energy: 0.999, images: 8, patches_per_image: 16, pixels_per_patch: 256, seed: 0 }
+    }
 }
 
 fn default_keep() -> Vec<String> {
@@ -237,6 +269,9 @@ impl CacheConfig {
         }
         if self.input.patch == 0 || self.input.stride == Some(0) {
             return bad("patch and stride must be positive".into());
+        }
+        if self.input.halo > MAX_HALO {
+            return bad(format!("halo {} is outside 0..={MAX_HALO} (LR pixels of context each side of a patch)", self.input.halo));
         }
         for (i, e) in self.experts.iter().enumerate() {
             e.source()?;

@@ -150,6 +150,7 @@ impl Worker<'_> {
                     warm.push(shape);
                 }
                 let (sr, feat, finite) = forward_chunked(e, &up.x, &mut chunk, self.fp16, self.progress)?;
+                let (sr, feat) = crate::pipeline::crop_centre(self.layout, i, &up.batch, sr, feat)?;
                 let feat = match (feat, proj) {
                     (Some(f), Some((w, b))) => Some(f.f_conv2d(w, Some(b), [1, 1], [0, 0], [1, 1], 1).map_err(torch("PCA projection of features"))?),
                     (f, _) => f,
@@ -181,8 +182,11 @@ pub(crate) fn guard<T>(stage: &str, f: impl FnOnce() -> Result<T>) -> Result<T> 
 fn upload(device: Device, rx: Receiver<Arc<Batch>>, tx: Sender<Uploaded>) -> Result<()> {
     let _guard = tch::no_grad_guard();
     for batch in rx.iter() {
-        let Some(first) = batch.samples.first() else { continue };
-        let (w, h) = first.lr.dimensions();
+        if batch.samples.is_empty() {
+            continue;
+        }
+        // The expert input's side: the patch, plus its halo when the run has one.
+        let (w, h) = (batch.side, batch.side);
         let n = batch.samples.len() as i64;
         let host = Tensor::f_from_slice(&batch.lr_nhwc).and_then(|t| t.f_reshape([n, h as i64, w as i64, 3])).map_err(torch("build input batch"))?;
         let on_device = if device.is_cuda() {

@@ -15,6 +15,9 @@ pub(crate) struct ExpertLayout {
     pub feat_dtype: DType,
     /// Features are stored as their coefficients on this basis.
     pub pca: Option<PcaBasis>,
+    /// Feature resolution over LR resolution as `(num, den)` (1/1 for LR-sized features, 1/2 for half):
+    /// where a patch's features lie inside the features of its halo window.
+    pub feat_ratio: (usize, usize),
 }
 
 #[derive(Clone, Copy)]
@@ -28,6 +31,8 @@ pub(crate) enum Slot {
 pub(crate) struct Layout {
     pub scale: u32,
     pub patch: usize,
+    /// LR context each side of the patch in the experts' input (0 = bare patches).
+    pub halo: usize,
     pub experts: Vec<ExpertLayout>,
     pub schema: Schema,
     slots: BTreeMap<String, Slot>,
@@ -47,6 +52,8 @@ impl Layout {
         let mut attrs = BTreeMap::new();
         attrs.insert(attr::SCALE.to_string(), scale.to_string());
         attrs.insert(attr::PATCH.to_string(), p.to_string());
+        // Always written (0 too), so a schema says what its experts saw; older caches lack it and read as 0.
+        attrs.insert(attr::HALO.to_string(), cfg.input.halo.to_string());
         attrs.insert(attr::EXPERTS.to_string(), cfg.experts.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(","));
         for (i, (ec, ex)) in cfg.experts.iter().zip(probes).enumerate() {
             let probe = ex.probe(p, p)?;
@@ -74,7 +81,10 @@ impl Layout {
                 slots.insert(name, Slot::Feat(i));
             }
             attrs.insert(attr::expert_source(&ec.name), ex.source().to_string());
-            experts.push(ExpertLayout { name: ec.name.clone(), sr_dtype: ec.dtype, feat_dtype, pca });
+            let feat_h = probe.feat.as_ref().and_then(|s| s.get(1).copied()).unwrap_or(p);
+            let g = gcd(feat_h, p).max(1);
+            let feat_ratio = (feat_h / g, p / g);
+            experts.push(ExpertLayout { name: ec.name.clone(), sr_dtype: ec.dtype, feat_dtype, pca, feat_ratio });
         }
         let mut schema = Schema::new(tensors);
         schema.attrs = attrs;
@@ -84,7 +94,7 @@ impl Layout {
             }
         }
         schema.validate()?;
-        Ok(Layout { scale, patch: p, experts, schema, slots })
+        Ok(Layout { scale, patch: p, halo: cfg.input.halo as usize, experts, schema, slots })
     }
 
     pub fn slot(&self, name: &str) -> Option<Slot> {
@@ -105,6 +115,14 @@ impl Layout {
             }
         };
         self.schema.tensors.iter().map(full).sum()
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 

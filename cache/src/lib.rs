@@ -20,16 +20,18 @@ mod error;
 mod layout;
 pub mod merge;
 pub mod output;
+mod overrides;
 pub mod pca;
 mod pipeline;
 mod source;
 pub mod storage;
 
-pub use config::{CacheConfig, ExpertConfig, InputConfig, Placement, CONFIG_FILE, DONE_FILE, INPUTS_FILE, LOCK_FILE, PARTS_DIR};
+pub use config::{CacheConfig, ExpertConfig, InputConfig, Placement, CONFIG_FILE, DEFAULT_HALO, DONE_FILE, INPUTS_FILE, LOCK_FILE, PARTS_DIR};
 pub use device::DeviceTime;
 pub use error::{CacheError, Result};
 pub use merge::{merge, MergeSummary};
 pub use output::{remove_cache, SIDECARS};
+pub use overrides::CacheOverrides;
 pub use srcache_experts::{parse_devices, Builtin, Expert, ExpertSource, Probe};
 pub use storage::{ExpertStorage, StoragePart, StoragePreset};
 
@@ -166,7 +168,7 @@ pub fn run_with(cfg: &CacheConfig, opts: &RunOptions, progress: &dyn Progress) -
     let dir = cfg.dataset_dir();
     if cfg.input.part.is_some() {
         // The root of a partitioned cache holds only `parts/` and, after `srcache merge`, its manifest.
-        srcache_formats::check_output_dir(&cfg.out, &[config::PCA_FILE])?;
+        output::CACHE_ROOT.state(&cfg.out)?;
     }
     // Inputs are checked before anything is written: a refused patch size leaves no directory behind.
     let mut report = source::scan(&cfg.input)?;
@@ -174,7 +176,8 @@ pub fn run_with(cfg: &CacheConfig, opts: &RunOptions, progress: &dyn Progress) -
     // An exported expert that says it cannot take the patch size is refused here, before the output folder is
     // claimed or any record is written in it.
     for e in &cfg.experts {
-        let p = cfg.input.patch as usize;
+        // What the experts are run on: the patch and its halo.
+        let p = (cfg.input.patch + 2 * cfg.input.halo) as usize;
         srcache_experts::check_size(&e.name, &e.source()?, p, p)?;
     }
     // The lock first: a `--force` must never remove what another running process is writing.
@@ -331,7 +334,8 @@ pub fn forward_only_throughput(cfg: &CacheConfig, device: Device, batches: usize
 
 fn forward_only_inner(cfg: &CacheConfig, device: Device, batches: usize) -> Result<f64> {
     let _guard = tch::no_grad_guard();
-    let p = cfg.input.patch as i64;
+    // The pipeline's expert input: the patch and its halo.
+    let p = (cfg.input.patch + 2 * cfg.input.halo) as i64;
     let mut experts = Vec::new();
     for e in &cfg.experts {
         experts.push(Expert::load(&e.name, &e.source()?, cfg.input.scale, device, p as usize)?);
@@ -346,7 +350,7 @@ fn forward_only_inner(cfg: &CacheConfig, device: Device, batches: usize) -> Resu
         let mut n = 0i64;
         for _ in 0..cfg.batch {
             match stream.next() {
-                Some(sample) => lr.extend_from_slice(sample?.lr.as_raw()),
+                Some(sample) => lr.extend_from_slice(pipeline::expert_input(&sample?, cfg.input.halo).0.as_raw()),
                 None if n == 0 => break 'outer,
                 None => break,
             }

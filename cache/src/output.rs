@@ -3,139 +3,42 @@
 //! A run writes only files it owns and never deletes anything it did not create; `--force` removes the
 //! run's own files and starts over.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use srcache_formats::{check_output_dir, Dataset, DirState};
+use srcache_formats::{Dataset, DirState, Lock, OwnedDir, Ownership};
 
-use crate::config::{CacheConfig, CONFIG_FILE, DONE_FILE, INPUTS_FILE, LOCK_FILE, PARTS_DIR, PCA_FILE};
+use crate::config::{CacheConfig, CONFIG_FILE, DONE_FILE, INPUTS_FILE, LOCK_FILE, PCA_FILE};
 use crate::error::{CacheError, Result};
 use crate::CacheSummary;
 
 /// Files a cache run writes into its dataset directory besides the shards and the manifest.
 pub const SIDECARS: [&str; 5] = [CONFIG_FILE, DONE_FILE, LOCK_FILE, INPUTS_FILE, PCA_FILE];
 
+/// What a cache run owns in its dataset directory: the dataset, its sidecars, the lock, and `parts/` of
+/// K-of-N part caches (each owned the same way).
+pub const CACHE: Ownership = Ownership {
+    what: "cache",
+    choose: "output directory",
+    files: &SIDECARS,
+    dirs: &[],
+    dataset: true,
+    parts: Some(|name| srcache_ingest::Part::from_dir_name(name).is_some()),
+    lock: Lock::File(LOCK_FILE),
+};
+
+/// The root of a partitioned cache: `parts/` and, after `srcache merge`, its manifest and PCA record. Not
+/// locked: each part is locked by the run writing it.
+pub const CACHE_ROOT: Ownership = Ownership { files: &[PCA_FILE], lock: Lock::None, ..CACHE };
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     move |source| CacheError::Io { path: path.to_path_buf(), source }
-}
-
-/// An exclusive lock on a dataset directory, held for the whole run (released when dropped, or when the
-/// process dies: a SIGKILLed run never leaves a stale lock behind).
-pub struct DirLock {
-    _file: File,
-}
-
-fn held_elsewhere(dir: &Path) -> CacheError {
-    CacheError::Refused {
-        out: dir.to_path_buf(),
-        what: "another srcache process is writing this cache (its lock is held); wait for it or stop it (nothing was changed)".into(),
-    }
-}
-
-impl DirLock {
-    pub fn acquire(dir: &Path) -> Result<DirLock> {
-        let path = dir.join(LOCK_FILE);
-        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
-        DirLock::lock(dir, path, file)
-    }
-
-    /// The lock of a directory that has a lock file; None when it has none (no run ever wrote there).
-    fn acquire_existing(dir: &Path) -> Result<Option<DirLock>> {
-        let path = dir.join(LOCK_FILE);
-        match File::options().write(true).open(&path) {
-            Ok(file) => DirLock::lock(dir, path, file).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(CacheError::Io { path, source }),
-        }
-    }
-
-    fn lock(dir: &Path, path: PathBuf, file: File) -> Result<DirLock> {
-        match file.try_lock() {
-            Ok(()) => Ok(DirLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(held_elsewhere(dir)),
-            Err(std::fs::TryLockError::Error(source)) => Err(CacheError::Io { path, source }),
-        }
-    }
-}
-
-/// What removing a cache deletes, listed and checked in full before anything is deleted, with the locks of
-/// every dataset directory in it held: a refusal (a user's `parts`, a running part) leaves everything as it was.
-#[derive(Default)]
-struct Removal {
-    files: Vec<PathBuf>,
-    /// In deletion order (a folder after everything inside it).
-    dirs: Vec<PathBuf>,
-    locks: Vec<DirLock>,
-}
-
-impl Removal {
-    /// Plans the removal of the cache in `dir`; `keep` = the directory itself and its lock file stay (the
-    /// caller holds that lock and is about to write there again).
-    fn plan(&mut self, dir: &Path, keep: bool) -> Result<()> {
-        if check_output_dir(dir, &SIDECARS)? == DirState::Missing {
-            return Ok(());
-        }
-        if !keep {
-            self.locks.extend(DirLock::acquire_existing(dir)?);
-        }
-        let refuse = |p: &Path, what: &str| CacheError::Refused {
-            out: p.to_path_buf(),
-            what: format!("{what}; not removing anything (move it out of the cache folder)"),
-        };
-        let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(io(dir))?.collect::<std::io::Result<_>>().map_err(io(dir))?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let p = entry.path();
-            // Not following links: a link is removed as a link, never what it points to.
-            let ft = entry.file_type().map_err(io(&p))?;
-            let name = entry.file_name();
-            if name == PARTS_DIR {
-                if !ft.is_dir() {
-                    return Err(refuse(&p, "is not the folder of cache parts srcache writes"));
-                }
-                let mut parts: Vec<_> = std::fs::read_dir(&p).map_err(io(&p))?.collect::<std::io::Result<_>>().map_err(io(&p))?;
-                parts.sort_by_key(|e| e.file_name());
-                for part in parts {
-                    let pp = part.path();
-                    let is_part = part.file_type().map_err(io(&pp))?.is_dir()
-                        && part.file_name().to_str().and_then(srcache_ingest::Part::from_dir_name).is_some();
-                    if !is_part {
-                        return Err(refuse(&pp, "is not a cache part (a K-of-N folder)"));
-                    }
-                    self.plan(&pp, false)?;
-                }
-                self.dirs.push(p);
-            } else if ft.is_dir() {
-                return Err(refuse(&p, "is a folder srcache did not make"));
-            } else if !(keep && name == LOCK_FILE) {
-                self.files.push(p);
-            }
-        }
-        if !keep {
-            self.dirs.push(dir.to_path_buf());
-        }
-        Ok(())
-    }
-
-    fn run(self) -> Result<()> {
-        for p in &self.files {
-            std::fs::remove_file(p).map_err(io(p))?;
-        }
-        for d in &self.dirs {
-            std::fs::remove_dir(d).map_err(io(d))?;
-        }
-        drop(self.locks);
-        Ok(())
-    }
 }
 
 /// Removes a cache directory's own files (shards, manifest, sidecars, srcache temporary files, `parts/` of
 /// part caches) and the directory. Refuses, deleting nothing, a directory holding anything else (a `parts`
 /// that is not a folder of K-of-N parts included) or one another srcache process is writing.
 pub fn remove_cache(dir: &Path) -> Result<()> {
-    let mut plan = Removal::default();
-    plan.plan(dir, false)?;
-    plan.run()
+    Ok(CACHE.remove(dir)?)
 }
 
 /// A directory that holds only a run's records and no sample (a run that failed before its first shard, e.g.
@@ -242,14 +145,10 @@ pub fn read_done(dir: &Path) -> Result<Option<CacheSummary>> {
 /// Prepares `dir` for writing and returns its lock: refuses foreign content, creates the directory, takes the
 /// lock (refused while another process holds it), and only then, with `force`, removes the previous cache
 /// (keeping the lock file it now holds). A `--force` therefore never touches a cache another run is writing.
-pub fn claim(dir: &Path, force: bool) -> Result<DirLock> {
-    let state = check_output_dir(dir, &SIDECARS)?;
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let lock = DirLock::acquire(dir)?;
-    if force && state == DirState::Dataset {
-        let mut plan = Removal::default();
-        plan.plan(dir, true)?;
-        plan.run()?;
+pub fn claim(dir: &Path, force: bool) -> Result<OwnedDir> {
+    let owned = CACHE.claim(dir)?;
+    if force && owned.found() == DirState::Ours {
+        owned.remove_own()?;
     }
-    Ok(lock)
+    Ok(owned)
 }

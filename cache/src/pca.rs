@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 use srcache_experts::Expert;
 use srcache_formats::PcaBasis;
 use srcache_ingest::ScanReport;
@@ -21,27 +20,9 @@ use crate::config::{CacheConfig, PCA_FILE};
 use crate::error::{torch, CacheError, Result};
 use crate::Progress;
 
-/// How an expert's features are reduced (`feat_pca = { k = 16 }` or `{ energy = 0.999 }` in the cache config).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PcaConfig {
-    /// Keep this many components (0 = the fewest that reach `energy`).
-    pub k: usize,
-    /// Fraction of the feature variance the kept components must explain when `k` is 0.
-    pub energy: f32,
-    /// Input images sampled (seeded) for the fit, and patches taken from each.
-    pub images: usize,
-    pub patches_per_image: usize,
-    /// Feature pixels used per patch (evenly spaced).
-    pub pixels_per_patch: usize,
-    pub seed: u64,
-}
-
-impl Default for PcaConfig {
-    fn default() -> Self {
-        PcaConfig { k: 0, energy: 0.999, images: 8, patches_per_image: 16, pixels_per_patch: 256, seed: 0 }
-    }
-}
+/// Defined with the rest of the config (which must not depend on this module); re-exported here, beside
+/// the fit it configures.
+pub use crate::config::PcaConfig;
 
 /// Where the bases of a run live: the root of the output (shared by all parts).
 pub fn basis_file(cfg: &CacheConfig) -> PathBuf {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use image::RgbImage;
 use srcache_formats::{encode_with_base, DatasetWriter, EncodedTensor, SampleMeta, Schema};
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::device::{guard, DeviceTime, Worker};
 use crate::error::{CacheError, Result};
@@ -30,8 +30,62 @@ pub(crate) struct Batch {
     pub id: u64,
     pub first_seq: u64,
     pub samples: Vec<PatchSample>,
-    /// NHWC u8 of all LR patches, contiguous: what becomes the input tensor.
+    /// NHWC u8 of all expert inputs (LR patches, with their halo when the run has one), contiguous: what
+    /// becomes the input tensor.
     pub lr_nhwc: Vec<u8>,
+    /// Side of each expert input in LR pixels (the patch plus twice the halo).
+    pub side: u32,
+    /// Per sample: where the patch lies inside its expert input (LR pixels; `(halo, halo)` away from borders).
+    pub offsets: Vec<(u32, u32)>,
+}
+
+/// An expert's input for `s`: the bare LR patch, or with `halo` > 0 the patch and its context from the whole
+/// LR image (`srcache_ingest::patch::crop_with_halo`), and the patch's offset inside it.
+pub(crate) fn expert_input(s: &PatchSample, halo: u32) -> (std::borrow::Cow<'_, RgbImage>, (u32, u32)) {
+    if halo == 0 {
+        return (std::borrow::Cow::Borrowed(&s.lr), (0, 0));
+    }
+    let (img, off) = srcache_ingest::patch::crop_with_halo(&s.lr_image, &s.patch, halo);
+    (std::borrow::Cow::Owned(img), off)
+}
+
+/// Keeps what belongs to each patch of one expert's outputs over halo windows: sr `[B,3,side·s,side·s]` →
+/// `[B,3,p·s,p·s]`, features at their own resolution likewise. A no-op without a halo. Interior patches (all
+/// offsets equal) take one narrow for the whole batch; a batch with border patches is cut per sample.
+pub(crate) fn crop_centre(layout: &Layout, expert: usize, batch: &Batch, sr: Tensor, feat: Option<Tensor>) -> Result<(Tensor, Option<Tensor>)> {
+    if layout.halo == 0 {
+        return Ok((sr, feat));
+    }
+    let name = layout.experts.get(expert).map(|e| e.name.as_str()).unwrap_or("?");
+    let ctx = |what: &str| crate::error::torch(format!("expert {name}: {what} of the halo window"));
+    let cut = |t: &Tensor, num: usize, den: usize, what: &str| -> Result<Tensor> {
+        let place = |v: u32| -> Result<i64> {
+            let v = v as usize * num;
+            if !v.is_multiple_of(den) {
+                return Err(CacheError::Config {
+                    what: format!("expert {name}: its {what} are at {num}/{den} of LR resolution and a patch lies at an odd offset in its halo window; use an even halo and patch size, or halo = 0"),
+                });
+            }
+            Ok((v / den) as i64)
+        };
+        let side = (layout.patch * num / den) as i64;
+        let first = batch.offsets.first().copied().unwrap_or((0, 0));
+        if batch.offsets.iter().all(|&o| o == first) {
+            let (x, y) = (place(first.0)?, place(first.1)?);
+            return t.f_narrow(2, y, side).and_then(|t| t.f_narrow(3, x, side)).map_err(ctx(what));
+        }
+        let mut parts = Vec::with_capacity(batch.offsets.len());
+        for (k, &(ox, oy)) in batch.offsets.iter().enumerate() {
+            let (x, y) = (place(ox)?, place(oy)?);
+            parts.push(t.f_narrow(0, k as i64, 1).and_then(|t| t.f_narrow(2, y, side)).and_then(|t| t.f_narrow(3, x, side)).map_err(ctx(what))?);
+        }
+        Tensor::f_cat(&parts, 0).map_err(ctx(what))
+    };
+    let scale = layout.scale as usize;
+    let sr = cut(&sr, scale, 1, "sr")?;
+    let (num, den) = layout.experts.get(expert).map(|e| e.feat_ratio).unwrap_or((1, 1));
+    let feat = feat.map(|f| cut(&f, num, den, "features")).transpose()?;
+    Ok((sr, feat))
 }
 
 /// Outputs of one expert for one sample, already in storage dtype.
@@ -248,17 +302,22 @@ fn batcher(stream: SampleStream, txs: &[Sender<Arc<Batch>>], batch_size: usize, 
     let mut cur: Vec<PatchSample> = Vec::with_capacity(batch_size);
     let (lw, lh) = (layout.patch as u32, layout.patch as u32);
     let (hw, hh) = (lw * layout.scale, lh * layout.scale);
+    let halo = layout.halo as u32;
     let flush = |cur: &mut Vec<PatchSample>, id: &mut u64, seq: u64| -> bool {
         if cur.is_empty() {
             return true;
         }
         let samples = std::mem::take(cur);
         let first = seq - samples.len() as u64;
-        let mut lr_nhwc = Vec::with_capacity(samples.len() * (lw * lh * 3) as usize);
+        let side = lw + 2 * halo;
+        let mut lr_nhwc = Vec::with_capacity(samples.len() * (side * side * 3) as usize);
+        let mut offsets = Vec::with_capacity(samples.len());
         for s in &samples {
-            lr_nhwc.extend_from_slice(s.lr.as_raw());
+            let (input, off) = expert_input(s, halo);
+            lr_nhwc.extend_from_slice(input.as_raw());
+            offsets.push(off);
         }
-        let b = Arc::new(Batch { id: *id, first_seq: first, samples, lr_nhwc });
+        let b = Arc::new(Batch { id: *id, first_seq: first, samples, lr_nhwc, side, offsets });
         *id += 1;
         txs.iter().all(|tx| tx.send(b.clone()).is_ok())
     };

@@ -20,7 +20,7 @@ fn python() -> PathBuf {
 
 fn base_config(out: &Path, limit: u64) -> CacheConfig {
     let mut cfg = CacheConfig::default();
-    cfg.input.hr_dir = workspace().join("tests/data/photos");
+    cfg.input.hr_dir = workspace().join("ingest/assets/photos");
     cfg.input.scale = 2;
     cfg.input.patch = 16;
     cfg.input.stride = Some(16);
@@ -232,6 +232,8 @@ fn device_worker_stores_exactly_the_experts_own_outputs() {
     let lossless = srcache_cache::StoragePreset(vec![srcache_cache::StoragePart::Lossless]);
     cfg.experts.iter_mut().for_each(|e| lossless.apply(e));
     cfg.batch = 8;
+    // Bare patches: the experts see exactly the stored lr (the halo is checked in tests/tests/fusion_halo.rs).
+    cfg.input.halo = 0;
     let summary = run(&cfg, &NoProgress).expect("run");
     assert_eq!(summary.devices.len(), 1);
     let dt = &summary.devices[0];

@@ -336,8 +336,8 @@ pub fn check_size(name: &str, source: &ExpertSource, h: usize, w: usize) -> Resu
 fn size_refused(name: &str, source: &ExpertSource, m: &ExpertMeta, h: usize, w: usize) -> ExpertError {
     let fix = match (m.known_size(), source) {
         (Some(t), ExpertSource::TorchScript(path)) => format!(
-            "; run it at that size (cache: --patch {t}; eval/infer: --tile {t}, on images of at least {t}x{t}), or re-export it \
-             for any size: {}",
+            "; run it at that size (cache: the patch plus twice its halo must be {t}, e.g. --patch {t} --halo 0; eval/infer: \
+             --tile {t}, on images of at least {t}x{t}), or re-export it for any size: {}",
             m.export_command(path)
         ),
         _ => format!(" (the smallest input of this {} is {1}x{1}: upscale or pad smaller images first)", m.arch, m.min_size),

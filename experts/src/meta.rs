@@ -63,6 +63,10 @@ pub struct ExpertMeta {
     /// pt2: the device type it was compiled for ("cpu", "cuda").
     #[serde(default)]
     pub device: Option<String>,
+    /// pt2: the dtype the model computes in ("fp32", "fp16", "bf16"; absent: fp32). Inputs and outputs are f32
+    /// whatever it is (the package casts inside its graph); a compiled package ignores autocast.
+    #[serde(default)]
+    pub dtype: Option<String>,
     #[serde(default)]
     pub checkpoint: Option<String>,
     #[serde(default)]
@@ -74,6 +78,11 @@ fn one() -> u32 {
 }
 
 impl ExpertMeta {
+    /// The dtype the model computes in: "fp32" unless the package says otherwise.
+    pub fn compute_dtype(&self) -> &str {
+        self.dtype.as_deref().unwrap_or("fp32")
+    }
+
     /// Whether a TorchScript trace only runs at its traced size.
     pub fn traced_only(&self) -> bool {
         self.sizes == "traced" && self.traced_size.is_some()

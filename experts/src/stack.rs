@@ -37,6 +37,33 @@ pub struct SrStack {
 }
 
 impl SrStack {
+    /// The one assembly of "the experts of a cache" (eval, infer, the demo, the trainer's full-image validation):
+    /// the experts `given` (name, source) in their order (a fusion model's), else the SR experts `cache`
+    /// records, else the three built-ins, both sorted by name (the order a fusion model trained on all of a
+    /// cache's experts takes them); at `scale`, else the cache's, else 4; the cache's patch size is the size
+    /// every expert is known to accept ([`SrStack::load`]).
+    pub fn assemble(
+        mut given: Vec<(String, ExpertSource)>,
+        cache: Option<&srcache_formats::Dataset>,
+        scale: Option<u32>,
+        device: Device,
+        tiling: Tiling,
+    ) -> Result<SrStack> {
+        let schema = match cache {
+            Some(ds) => Some(ds.schema().ok_or_else(|| ExpertError::File { path: ds.dir().to_path_buf(), what: "dataset has no shards".into() })?),
+            None => None,
+        };
+        if given.is_empty() {
+            given = match (cache, schema) {
+                (Some(ds), Some(schema)) => crate::source::sources_from_dataset(ds, &schema.sr_experts())?,
+                _ => crate::Builtin::ALL.iter().map(|b| (b.as_str().to_string(), ExpertSource::Builtin(*b))).collect(),
+            };
+            given.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        let scale = scale.or(schema.and_then(|s| s.scale())).unwrap_or(4);
+        SrStack::load(&given, scale, device, tiling, schema.and_then(|s| s.patch()).map(|p| p as usize))
+    }
+
     /// Loads `experts` (in the order the fusion model takes them) on `device`, each probed at the tile side it
     /// will run at. `known_size`: an LR side the experts are known to accept (the cache's patch size); an
     /// expert that rejects `tiling.tile` but accepts `known_size` (a traced transformer) runs in tiles of that

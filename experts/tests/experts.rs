@@ -19,7 +19,7 @@ fn python() -> PathBuf {
 
 /// A real photo as f32 [1,3,h,w] in [0,1] plus its 2x box-downscaled version.
 fn photo(crop: i64) -> (Tensor, Tensor) {
-    let img = image::open(workspace().join("tests/data/photos/chelsea.png")).expect("photo").to_rgb8();
+    let img = image::open(workspace().join("ingest/assets/photos/chelsea.png")).expect("photo").to_rgb8();
     let (w, h) = img.dimensions();
     let t = Tensor::from_slice(img.as_raw()).reshape([h as i64, w as i64, 3]).permute([2, 0, 1]);
     let hr = t.narrow(1, 40, crop).narrow(2, 60, crop).to_kind(Kind::Float).unsqueeze(0) / 255.0;

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -175,6 +176,25 @@ pub fn decode_payload_with_base(spec: &TensorSpec, stored: &[u8], base_lr: Optio
     }
 }
 
+/// Decodes a [`Codec::ResidualU8`] payload given its base already upscaled: `upscaled` is B(lr)
+/// ([`crate::residual::bicubic_u8_into`]), the same length as `out`. The same bytes as
+/// [`decode_payload_with_base`] with the lr itself, without recomputing B for every expert of a sample.
+pub fn decode_residual_upscaled(spec: &TensorSpec, stored: &[u8], upscaled: &[u8], out: &mut [u8]) -> std::result::Result<(), CodecError> {
+    if Some(out.len()) != spec.raw_len() {
+        return Err(CodecError::OutputSize { got: out.len(), want: spec.raw_len().unwrap_or(0) });
+    }
+    if !spec.codec.needs_base() {
+        return decode_payload(spec, stored, out);
+    }
+    if upscaled.len() != out.len() {
+        // Only a caller's bug gets here (the shard layer sizes the base from the spec).
+        return Err(CodecError::OutputSize { got: upscaled.len(), want: out.len() });
+    }
+    zstd_decompress(stored, out)?;
+    residual::add_upscaled(out, upscaled);
+    Ok(())
+}
+
 /// Per-channel (scale, offset) of an AffineU8Zstd payload: only the head of the frame is decompressed.
 pub(crate) fn affine_zstd_params(spec: &TensorSpec, stored: &[u8]) -> Option<Vec<(f32, f32)>> {
     use std::io::Read;
@@ -337,17 +357,35 @@ fn affine_decode(spec: &TensorSpec, stored: &[u8], out: &mut [u8]) -> std::resul
     let k = spec.dtype.size_of();
     for (ch, &(scale, offset)) in params.iter().enumerate() {
         // A 256-entry table per channel: decode becomes a lookup, and Rust and numpy agree bit-for-bit
-        // because both evaluate `offset + scale * q` in f32 without fusing.
+        // because both evaluate `offset + scale * q` in f32 without fusing. The 256 conversions go through the
+        // slice converters (F16C, 8 at a time, when the CPU has it; the same rounding as one at a time): built
+        // one value at a time, the table cost as much as the lookups on 32×32 features.
+        let mut vals = [0f32; 256];
+        for (qv, v) in vals.iter_mut().enumerate() {
+            *v = offset + scale * qv as f32;
+        }
         let mut lut = [0u8; 256 * 4];
-        for qv in 0..256usize {
-            let v = offset + scale * qv as f32;
-            let dst = &mut lut[qv * k..(qv + 1) * k];
-            match spec.dtype {
-                DType::F16 => dst.copy_from_slice(&f16::from_f32(v).to_le_bytes()),
-                DType::BF16 => dst.copy_from_slice(&bf16::from_f32(v).to_le_bytes()),
-                DType::F32 => dst.copy_from_slice(&v.to_le_bytes()),
-                DType::U8 | DType::U16 => return Err(CodecError::AffineDtype { dtype: spec.dtype }),
+        match spec.dtype {
+            DType::F16 => {
+                let mut h = [f16::ZERO; 256];
+                h.convert_from_f32_slice(&vals);
+                for (d, v) in lut.chunks_exact_mut(2).zip(h) {
+                    d.copy_from_slice(&v.to_le_bytes());
+                }
             }
+            DType::BF16 => {
+                let mut h = [bf16::ZERO; 256];
+                h.convert_from_f32_slice(&vals);
+                for (d, v) in lut.chunks_exact_mut(2).zip(h) {
+                    d.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            DType::F32 => {
+                for (d, v) in lut.chunks_exact_mut(4).zip(vals) {
+                    d.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            DType::U8 | DType::U16 => return Err(CodecError::AffineDtype { dtype: spec.dtype }),
         }
         let qs = &q[ch * per..(ch + 1) * per];
         let dst = &mut out[ch * per * k..(ch + 1) * per * k];
@@ -373,5 +411,78 @@ fn lookup<const K: usize>(lut: &[u8; 256 * 4], qs: &[u8], dst: &mut [u8]) {
     }
     for (e, &qv) in dst.chunks_exact_mut(K).zip(qs) {
         e.copy_from_slice(&table[qv as usize]);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests: a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+
+    /// The table as it was built before: one `from_f32` per entry.
+    fn affine_decode_reference(spec: &TensorSpec, stored: &[u8]) -> Vec<u8> {
+        let c = spec.channels();
+        let per = spec.numel() / c;
+        let k = spec.dtype.size_of();
+        let params = affine_params(spec, stored).unwrap();
+        let q = &stored[8 * c..];
+        let mut out = vec![0u8; spec.numel() * k];
+        for (ch, &(scale, offset)) in params.iter().enumerate() {
+            for (i, &qv) in q[ch * per..(ch + 1) * per].iter().enumerate() {
+                let v = offset + scale * qv as f32;
+                let b = match spec.dtype {
+                    DType::F16 => f16::from_f32(v).to_le_bytes().to_vec(),
+                    DType::BF16 => bf16::from_f32(v).to_le_bytes().to_vec(),
+                    _ => v.to_le_bytes().to_vec(),
+                };
+                out[(ch * per + i) * k..][..k].copy_from_slice(&b);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn slice_conversions_round_like_one_at_a_time() {
+        // A spread of f32 bit patterns: normals, f16 subnormals, overflow to infinity, both signs.
+        let vals: Vec<f32> = (0..(1u64 << 32)).step_by(4099).map(|b| f32::from_bits(b as u32)).filter(|v| !v.is_nan()).collect();
+        let mut h = vec![f16::ZERO; vals.len()];
+        h.convert_from_f32_slice(&vals);
+        assert!(h.iter().zip(&vals).all(|(a, &v)| a.to_bits() == f16::from_f32(v).to_bits()));
+        let mut b = vec![bf16::ZERO; vals.len()];
+        b.convert_from_f32_slice(&vals);
+        assert!(b.iter().zip(&vals).all(|(a, &v)| a.to_bits() == bf16::from_f32(v).to_bits()));
+    }
+
+    #[test]
+    fn affine_decode_matches_the_per_entry_table_on_real_pixels() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ingest/assets/photos/coffee.png");
+        let img = image::open(&path).unwrap().to_rgb8();
+        let (c, hw) = (12, 32 * 32);
+        // Feature-like channels from real pixels: per channel a different range (tiny, negative, large).
+        let vals: Vec<f32> = (0..c * hw)
+            .map(|i| {
+                let (ch, j) = (i / hw, i % hw);
+                let px = img.get_pixel((j % 32 * 7) as u32, (j / 32 * 5) as u32)[ch % 3] as f32 / 255.0;
+                [1e-6, -3.0, 250.0, 0.01][ch % 4] * (px - 0.3 * (ch / 4) as f32)
+            })
+            .collect();
+        for dtype in [DType::F16, DType::BF16, DType::F32] {
+            let raw: Vec<u8> = match dtype {
+                DType::F16 => vals.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+                DType::BF16 => vals.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
+                _ => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            for codec in [Codec::AffineU8, Codec::AFFINE_U8_ZSTD] {
+                let spec = TensorSpec::new("feat/a", dtype, &[c, 32, 32], codec);
+                let enc = encode(&spec, &raw).unwrap();
+                let mut out = vec![0u8; raw.len()];
+                decode_payload(&spec, &enc.bytes, &mut out).unwrap();
+                let payload = match codec {
+                    Codec::AffineU8 => enc.bytes.clone(),
+                    _ => zstd::bulk::decompress(&enc.bytes, 8 * c + c * hw).unwrap(),
+                };
+                assert_eq!(out, affine_decode_reference(&spec, &payload), "{dtype} {codec}");
+            }
+        }
     }
 }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::EncodedTensor;
-use crate::manifest::{Manifest, ManifestRow, MANIFEST_FILE, PARTS_KEY};
+use crate::files::{is_writer_temp, list_shards, shard_file_name};
+use crate::layout::DatasetLayout;
+use crate::manifest::{Manifest, ManifestRow};
 use crate::{FormatError, Result, SampleMeta, Schema, Shard, ShardSummary, ShardWriter};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,181 +48,6 @@ pub struct DatasetSummary {
     pub raw_bytes: u64,
 }
 
-pub fn shard_file_name(n: u32) -> String {
-    format!("shard-{n:05}.srs")
-}
-
-/// The shard number of a `shard-NNNNN.srs` file name.
-fn shard_number(name: &str) -> Option<u32> {
-    let digits = name.strip_prefix("shard-")?.strip_suffix(".srs")?;
-    (digits.len() >= 5 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
-}
-
-/// Complete shards in `dir`, sorted; errors if their numbering has a gap (a shard was lost).
-pub fn list_shards(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = fs::read_dir(dir).map_err(|e| FormatError::io(dir, "listing dataset directory", e))?;
-    let mut found = Vec::new();
-    for ent in rd {
-        let ent = ent.map_err(|e| FormatError::io(dir, "listing dataset directory", e))?;
-        let name = ent.file_name().to_string_lossy().into_owned();
-        if let Some(n) = shard_number(&name) {
-            found.push((n, ent.path()));
-        }
-    }
-    found.sort();
-    for (want, (n, p)) in found.iter().enumerate() {
-        if *n as usize != want {
-            return Err(FormatError::Corrupt {
-                path: p.clone(),
-                region: "dataset",
-                what: format!("shard numbering has a gap: expected {}, found {}", shard_file_name(want as u32), shard_file_name(*n)),
-            });
-        }
-    }
-    Ok(found.into_iter().map(|(_, p)| p).collect())
-}
-
-/// Whether `name` is a temporary file a [`DatasetWriter`] made: a shard or manifest being written
-/// (`*.srcache-tmp`, or the `*.tmp` names of srcache before 0.2).
-fn is_writer_temp(name: &str) -> bool {
-    let stem = name.strip_suffix(crate::atomic::TMP_SUFFIX).or_else(|| name.strip_suffix(".tmp"));
-    stem.is_some_and(|s| shard_number(s).is_some() || s == MANIFEST_FILE)
-}
-
-/// What an output directory holds before a producer writes into it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DirState {
-    /// Does not exist yet.
-    Missing,
-    /// Exists and is empty.
-    Empty,
-    /// Holds only files srcache writes into a dataset (a previous or interrupted run).
-    Dataset,
-}
-
-/// Refuses to write into a directory that holds anything but a dataset's own files (shards, manifest, the
-/// writer's temporary files, `parts/`) and the producer's `sidecars` (e.g. `cache.toml`): srcache writes only
-/// files it owns, so `--out ~` is refused instead of mixing a dataset into a home directory.
-pub fn check_output_dir(dir: &Path, sidecars: &[&str]) -> Result<DirState> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirState::Missing),
-        Err(e) => return Err(FormatError::io(dir, "listing output directory", e)),
-    };
-    let mut any = false;
-    let mut foreign = Vec::new();
-    for ent in rd {
-        let ent = ent.map_err(|e| FormatError::io(dir, "listing output directory", e))?;
-        any = true;
-        let name = ent.file_name().to_string_lossy().into_owned();
-        let ours = shard_number(&name).is_some()
-            || name == MANIFEST_FILE
-            || name == "parts"
-            || is_writer_temp(&name)
-            || sidecars.iter().any(|s| name == *s || crate::atomic::is_own_temp(&name, Some(s)) || name == format!("{s}.tmp"));
-        if !ours {
-            foreign.push(name);
-        }
-    }
-    if !foreign.is_empty() {
-        foreign.sort();
-        let shown: Vec<&str> = foreign.iter().take(5).map(String::as_str).collect();
-        return Err(FormatError::NotADataset {
-            path: dir.to_path_buf(),
-            what: format!(
-                "holds files srcache did not write ({}{}); choose a new or empty output directory",
-                shown.join(", "),
-                if foreign.len() > 5 { format!(" and {} more", foreign.len() - 5) } else { String::new() }
-            ),
-        });
-    }
-    Ok(if any { DirState::Dataset } else { DirState::Empty })
-}
-
-/// Where a dataset's shards and manifest are: a plain dataset (`shard-*.srs` + `manifest.parquet` in one
-/// directory) or a merged root (a top-level `manifest.parquet` naming `parts/K-of-N/` datasets, see FORMAT.md).
-#[derive(Debug, Clone)]
-pub struct DatasetLayout {
-    pub root: PathBuf,
-    pub manifest: PathBuf,
-    /// Every shard in dataset order: (name as the manifest writes it, path).
-    pub shards: Vec<(String, PathBuf)>,
-    /// Part directories relative to the root (merged roots only).
-    pub parts: Option<Vec<String>>,
-    /// Faults found while listing (a numbering gap, a missing part) for `verify` to report.
-    pub problems: Vec<crate::Problem>,
-}
-
-impl DatasetLayout {
-    pub fn discover(root: &Path) -> Result<DatasetLayout> {
-        let manifest = Manifest::path_in(root);
-        let parts = match manifest.exists() {
-            true => Manifest::read_metadata(&manifest).ok().and_then(|kv| kv.get(PARTS_KEY).cloned()),
-            false => None,
-        };
-        let mut problems = Vec::new();
-        let mut shards = Vec::new();
-        let parts = match parts {
-            None => {
-                if !root.is_dir() {
-                    return Err(FormatError::NotADataset { path: root.to_path_buf(), what: "not a directory".into() });
-                }
-                match list_shards(root) {
-                    Ok(list) => shards.extend(list.into_iter().map(|p| (file_name(&p), p))),
-                    Err(e) => {
-                        problems.push(crate::Problem { shard: root.to_path_buf(), sample: None, tensor: None, fault: crate::error_chain(&e) });
-                        shards.extend(loose_shards(root)?.into_iter().map(|p| (file_name(&p), p)));
-                    }
-                }
-                None
-            }
-            Some(json) => {
-                let list: Vec<String> = serde_json::from_str(&json).map_err(|e| FormatError::Manifest {
-                    path: manifest.clone(),
-                    what: format!("{PARTS_KEY} is not a JSON list of part directories: {e}"),
-                })?;
-                for part in &list {
-                    if !is_safe_relative(part) {
-                        return Err(FormatError::Manifest {
-                            path: manifest.clone(),
-                            what: format!("part {part:?} is not a relative path inside the dataset"),
-                        });
-                    }
-                    let dir = root.join(part);
-                    match list_shards(&dir) {
-                        Ok(l) => shards.extend(l.into_iter().map(|p| (format!("{part}/{}", file_name(&p)), p))),
-                        Err(e) => problems.push(crate::Problem { shard: dir.clone(), sample: None, tensor: None, fault: crate::error_chain(&e) }),
-                    }
-                }
-                Some(list)
-            }
-        };
-        Ok(DatasetLayout { root: root.to_path_buf(), manifest, shards, parts, problems })
-    }
-
-    pub fn shard_names(&self) -> Vec<String> {
-        self.shards.iter().map(|(n, _)| n.clone()).collect()
-    }
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-/// Shard files present even when their numbering has a gap (so `verify` can still check them).
-fn loose_shards(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = fs::read_dir(dir).map_err(|e| FormatError::io(dir, "listing dataset directory", e))?;
-    let mut v: Vec<PathBuf> = rd.flatten().filter(|e| shard_number(&e.file_name().to_string_lossy()).is_some()).map(|e| e.path()).collect();
-    v.sort();
-    Ok(v)
-}
-
-/// A path that stays inside the directory it is joined to (no absolute paths, no `..`).
-pub(crate) fn is_safe_relative(p: &str) -> bool {
-    let path = Path::new(p);
-    !p.is_empty() && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
-}
-
 pub struct DatasetWriter {
     dir: PathBuf,
     schema: Schema,
@@ -235,7 +62,7 @@ pub struct DatasetWriter {
 impl DatasetWriter {
     /// Opens `dir` for appending (creating it), deleting the temporary shard an interrupted run left
     /// (its own `shard-NNNNN.srs.srcache-tmp` names only). Existing complete shards must carry exactly
-    /// `schema`. Callers check the directory first with [`check_output_dir`].
+    /// `schema`. Callers claim the directory first ([`crate::Ownership::claim`]).
     pub fn create_or_resume(dir: &Path, schema: Schema, opts: DatasetOptions) -> Result<(Self, Resume)> {
         schema.validate()?;
         if opts.target_shard_bytes == 0 {

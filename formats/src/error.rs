@@ -75,6 +75,10 @@ pub enum FormatError {
 
     #[error("invalid input: {what}")]
     InvalidInput { what: String },
+
+    /// An output folder not claimed or not removed ([`crate::Ownership`]).
+    #[error(transparent)]
+    Owned(#[from] crate::OwnedError),
 }
 
 impl FormatError {

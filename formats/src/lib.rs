@@ -20,8 +20,11 @@ mod dataset;
 mod diff;
 mod error;
 pub mod export;
+mod files;
+mod layout;
 mod manifest;
 mod names;
+pub mod owned;
 pub mod pca;
 pub mod regular;
 pub mod residual;
@@ -31,13 +34,14 @@ mod verify;
 
 pub use atomic::{write_atomic, AtomicFile};
 pub use codec::{decode_payload, decode_payload_with_base, encode, encode_owned, encode_with_base, EncodedTensor};
-pub use dataset::{
-    check_output_dir, list_shards, shard_file_name, Dataset, DatasetLayout, DatasetOptions, DatasetSummary, DatasetWriter, DirState, Resume,
-};
+pub use dataset::{Dataset, DatasetOptions, DatasetSummary, DatasetWriter, Resume};
 pub use diff::diff_datasets;
 pub use error::{error_chain, CodecError, FormatError, Problem, Result};
-pub use manifest::{write_parquet, Manifest, ManifestRow, MANIFEST_FILE, PARTS_KEY, SKIPPED_KEY};
+pub use files::{list_shards, shard_file_name, MANIFEST_FILE, PARTS_DIR};
+pub use layout::DatasetLayout;
+pub use manifest::{write_parquet, Manifest, ManifestRow, PARTS_KEY, SKIPPED_KEY};
 pub use names::{attr, TensorName};
+pub use owned::{DirState, Lock, OwnedDir, OwnedError, Ownership};
 pub use pca::PcaBasis;
 pub use regular::{open_regular, read_regular, read_regular_to_string};
 pub use residual::ResidualBase;

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::atomic::AtomicFile;
+use crate::files::MANIFEST_FILE;
 use crate::{FormatError, Result, Shard};
 
-pub const MANIFEST_FILE: &str = "manifest.parquet";
 /// Parquet key-value metadata: xxh3-64 (hex) of the rows' canonical JSON. Parquet pages of plain-encoded
 /// numbers have no checksum a reader verifies by default, so a flipped bit there would be silent.
 const ROWS_CHECKSUM_KEY: &str = "srcache.rows_xxh3";
@@ -86,7 +86,7 @@ impl Manifest {
     /// Rows for every sample of every `shard-*.srs` in `dir`, in shard then index order.
     pub fn from_shards(dir: &Path) -> Result<Vec<ManifestRow>> {
         let mut rows = Vec::new();
-        for path in crate::dataset::list_shards(dir)? {
+        for path in crate::files::list_shards(dir)? {
             let shard = Shard::open(&path)?;
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             for i in 0..shard.metas().len() {

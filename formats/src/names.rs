@@ -81,6 +81,8 @@ pub mod attr {
     pub const PATCH: &str = "patch";
     /// Comma-separated expert names, in cache-config order ("" for an ingest-only dataset).
     pub const EXPERTS: &str = "experts";
+    /// LR pixels of context each side of a patch the experts saw (their outputs are the centre); absent = 0.
+    pub const HALO: &str = "halo";
     const EXPERT_PREFIX: &str = "expert/";
     const PCA_SUFFIX: &str = "/pca";
 
@@ -112,6 +114,11 @@ impl Schema {
 
     pub fn patch(&self) -> Option<u32> {
         self.attr(attr::PATCH)?.parse().ok()
+    }
+
+    /// The experts' LR context margin ([`attr::HALO`]); caches made before it was recorded read as 0.
+    pub fn halo(&self) -> u32 {
+        self.attr(attr::HALO).and_then(|v| v.parse().ok()).unwrap_or(0)
     }
 
     /// Expert names in the order of the `experts` attr (cache-config order).

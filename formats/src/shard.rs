@@ -645,6 +645,25 @@ impl<'a> TensorView<'a> {
         self.decode_unchecked(out)
     }
 
+    /// Where a residual_u8 tensor's base comes from (lr's schema position, h, w, scale); None for every other
+    /// codec.
+    pub fn residual_base(&self) -> Option<ResidualBase> {
+        self.shard.bases.get(self.t).copied().flatten()
+    }
+
+    /// [`TensorView::decode_into`] given this sample's residual base already upscaled: `upscaled` is
+    /// B(lr) of the same sample's `lr` ([`crate::residual::bicubic_u8_into`] with [`TensorView::residual_base`]'s
+    /// h, w, s), `raw_len()` bytes. A sample with several experts computes B once instead of once per expert
+    /// (and decodes lr once). The caller read lr through this shard, which checked its checksum; this
+    /// payload's own checksum is checked here (once). Other codecs ignore `upscaled`.
+    pub fn decode_into_upscaled(&self, upscaled: &[u8], out: &mut [u8]) -> Result<()> {
+        if self.residual_base().is_none() {
+            return self.decode_into(out);
+        }
+        self.check_once()?;
+        codec::decode_residual_upscaled(self.spec, self.payload, upscaled, out).map_err(|e| self.decode_error(e))
+    }
+
     pub fn decode(&self) -> Result<Vec<u8>> {
         let mut out = self.alloc_raw()?;
         self.decode_into(&mut out)?;
@@ -670,5 +689,84 @@ impl<'a> TensorView<'a> {
             _ => None,
         };
         params.map(|p| p.iter().fold(0.0f32, |m, &(s, _)| m.max(s / 2.0)))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests: a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+    use crate::{residual, DType, SampleMeta};
+
+    /// [3, side, side] crops of a real photo (CHW u8) and their box-downscaled LR.
+    fn photo_patches(side: usize, s: usize, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ingest/assets/photos/chelsea.png");
+        let img = image::open(&path).unwrap().to_rgb8();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        (0..n)
+            .map(|k| {
+                let (y0, x0) = ((h - side) * k / n.max(2), (w - side) * (n - k) / (n + 1));
+                let hr: Vec<u8> =
+                    (0..3 * side * side).map(|i| img.get_pixel((x0 + i % side) as u32, (y0 + i / side % side) as u32)[i / (side * side)]).collect();
+                let p = side / s;
+                let lr: Vec<u8> = (0..3 * p * p)
+                    .map(|i| {
+                        let (c, y, x) = (i / (p * p), i / p % p, i % p);
+                        let sum: u32 = (0..s * s).map(|j| hr[c * side * side + (y * s + j / s) * side + x * s + j % s] as u32).sum();
+                        ((sum + (s * s / 2) as u32) / (s * s) as u32) as u8
+                    })
+                    .collect();
+                (hr, lr)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn residual_decoded_against_a_shared_base_is_the_one_tensor_decode() {
+        let (p, s) = (16, 4);
+        for lr_codec in [Codec::Raw, Codec::ZSTD] {
+            let mut schema = Schema::new(vec![
+                TensorSpec::new("lr", DType::U8, &[3, p, p], lr_codec),
+                TensorSpec::new("sr/a", DType::U8, &[3, s * p, s * p], Codec::RESIDUAL_U8),
+                TensorSpec::new("sr/b", DType::U8, &[3, s * p, s * p], Codec::RESIDUAL_U8),
+            ]);
+            schema.attrs.insert("scale".into(), s.to_string());
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("x.srshard");
+            let mut w = ShardWriter::try_new(&path, schema).unwrap();
+            let patches = photo_patches(s * p, s, 3);
+            for (i, (hr, lr)) in patches.iter().enumerate() {
+                // Two experts: the ground truth itself, and B(lr) brightened (residual far from 0, wrapping).
+                let b: Vec<u8> = residual::bicubic_u8(lr, p, p, s).iter().map(|v| v.wrapping_add(90)).collect();
+                let meta = SampleMeta { id: format!("s{i}"), ..Default::default() };
+                w.write(&meta, &[lr, hr, &b]).unwrap();
+            }
+            w.finish().unwrap();
+            let shard = Shard::open(&path).unwrap();
+            assert_eq!(shard.len(), patches.len());
+            for (i, (hr, _)) in patches.iter().enumerate() {
+                let lr = shard.tensor(i, "lr").unwrap().decode().unwrap();
+                let rb = shard.tensor(i, "sr/a").unwrap().residual_base().unwrap();
+                assert_eq!((rb.h, rb.w, rb.s, rb.lr), (p, p, s, 0));
+                let mut up = vec![0u8; lr.len() * s * s];
+                residual::bicubic_u8_into(&lr, rb.h, rb.w, rb.s, &mut up);
+                for name in ["sr/a", "sr/b"] {
+                    let v = shard.tensor(i, name).unwrap();
+                    let old = v.decode().unwrap();
+                    let mut new = vec![0u8; v.raw_len()];
+                    v.decode_into_upscaled(&up, &mut new).unwrap();
+                    assert_eq!(new, old, "{lr_codec} sample {i} {name}");
+                }
+                assert_eq!(&shard.tensor(i, "sr/a").unwrap().decode().unwrap(), hr);
+                // A base of the wrong size is an error, not a panic; lr (not residual) ignores it.
+                let v = shard.tensor(i, "sr/a").unwrap();
+                let mut out = vec![0u8; v.raw_len()];
+                assert!(v.decode_into_upscaled(&up[1..], &mut out).is_err());
+                let l = shard.tensor(i, "lr").unwrap();
+                let mut out = vec![0u8; l.raw_len()];
+                l.decode_into_upscaled(&[], &mut out).unwrap();
+                assert_eq!(out, lr);
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::dataset::DatasetLayout;
+use crate::layout::DatasetLayout;
 use crate::manifest::{Manifest, ManifestRow};
 use crate::{Problem, Result, Schema, Shard};
 

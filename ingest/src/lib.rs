@@ -112,4 +112,7 @@ pub struct PatchSample {
     pub variant: String,
     pub lr: RgbImage,
     pub hr: RgbImage,
+    /// The whole LR image (this variant's) the patch was cut from, shared by its patches: what gives an
+    /// expert context around the patch (`patch::crop_with_halo`).
+    pub lr_image: std::sync::Arc<RgbImage>,
 }

@@ -117,6 +117,44 @@ pub fn crop(img: &RgbImage, b: &PatchBox, scale: u32) -> RgbImage {
     RgbImage::from_raw(w as u32, h as u32, out).unwrap_or_else(|| RgbImage::new(w as u32, h as u32))
 }
 
+/// Start of the `win`-pixel window along an axis of `len` pixels that gives a patch at `start` its context:
+/// centred on the patch where it fits, shifted to lie inside the image at its borders (the rule of
+/// `srcache_experts::tiling::starts`, whose last tile is flush with the end), so an expert sees an image
+/// border exactly where whole-image inference shows it one. 0 when the image is narrower than the window.
+pub fn halo_start(len: u32, start: u32, win: u32, halo: u32) -> u32 {
+    if len <= win {
+        return 0;
+    }
+    start.saturating_sub(halo).min(len - win)
+}
+
+/// The expert input of patch `b` with `halo` LR pixels of context each side, cut from the whole LR image `img`:
+/// a `(b.w + 2·halo)`×`(b.h + 2·halo)` window placed by [`halo_start`], and the patch's offset inside it.
+/// Along an axis shorter than the window (an image barely larger than a patch) the window is the whole axis,
+/// its far side filled by repeating the last pixel, so every window of a run has one size.
+pub fn crop_with_halo(img: &RgbImage, b: &PatchBox, halo: u32) -> (RgbImage, (u32, u32)) {
+    let (ww, wh) = (b.w + 2 * halo, b.h + 2 * halo);
+    let (iw, ih) = (img.width(), img.height());
+    if iw == 0 || ih == 0 {
+        return (RgbImage::new(ww, wh), (0, 0));
+    }
+    let (x0, y0) = (halo_start(iw, b.x, ww, halo), halo_start(ih, b.y, wh, halo));
+    let raw = img.as_raw();
+    let cols = ww.min(iw - x0) as usize;
+    let mut out = Vec::with_capacity((ww * wh * 3) as usize);
+    for r in 0..wh {
+        let sy = (y0 + r).min(ih - 1) as usize;
+        let row = (sy * iw as usize + x0 as usize) * 3;
+        out.extend_from_slice(&raw[row..row + cols * 3]);
+        let last = [raw[row + cols * 3 - 3], raw[row + cols * 3 - 2], raw[row + cols * 3 - 1]];
+        for _ in cols..ww as usize {
+            out.extend_from_slice(&last);
+        }
+    }
+    let img = RgbImage::from_raw(ww, wh, out).unwrap_or_else(|| RgbImage::new(ww, wh));
+    (img, (b.x - x0, b.y - y0))
+}
+
 /// The stable id of a patch: `<stem>_<x>_<y>_<variant>` (LR coordinates).
 pub fn patch_id(stem: &str, b: &PatchBox, variant: &str) -> String {
     format!("{stem}_{}_{}_{variant}", b.x, b.y)
@@ -132,5 +170,24 @@ mod tests {
         assert_eq!(starts(11, 4, 3), vec![0, 3, 6, 7]);
         assert_eq!(starts(4, 4, 3), vec![0]);
         assert!(starts(3, 4, 3).is_empty());
+    }
+
+    #[test]
+    fn halo_window_is_centred_inside_and_shifted_at_borders() {
+        let img = RgbImage::from_fn(40, 20, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        // Interior: centred, the patch at offset (halo, halo).
+        let (w, off) = crop_with_halo(&img, &PatchBox { x: 10, y: 6, w: 8, h: 8 }, 4);
+        assert_eq!((w.dimensions(), off), ((16, 16), (4, 4)));
+        assert_eq!(w.get_pixel(4, 4).0, [10, 6, 7]);
+        // At the top-left and bottom-right borders the window shifts inside the image.
+        let (_, off) = crop_with_halo(&img, &PatchBox { x: 0, y: 0, w: 8, h: 8 }, 4);
+        assert_eq!(off, (0, 0));
+        let (w, off) = crop_with_halo(&img, &PatchBox { x: 32, y: 12, w: 8, h: 8 }, 4);
+        assert_eq!(off, (8, 8));
+        assert_eq!(w.get_pixel(8 + 7, 8 + 7).0, [39, 19, 7]);
+        // An axis shorter than the window: the whole axis, then the last pixel repeated.
+        let (w, off) = crop_with_halo(&img, &PatchBox { x: 0, y: 6, w: 8, h: 8 }, 8);
+        assert_eq!((w.dimensions(), off.1), ((24, 24), 6));
+        assert_eq!(w.get_pixel(3, 23).0, [3, 19, 7]);
     }
 }

@@ -1,5 +1,5 @@
 //! The five real photographs the demo, the benchmarks and the tests use (public domain / CC0, from
-//! scikit-image's sample data; licences in tests/data/photos/LICENSE.md), embedded in the binary so an
+//! scikit-image's sample data; licences in ingest/assets/photos/LICENSE.md), embedded in the binary so an
 //! installed or copied `srcache` finds them without the source tree.
 
 use std::path::{Path, PathBuf};
@@ -10,14 +10,14 @@ use crate::error::{IngestError, Result};
 
 /// (file name, PNG bytes), in name order.
 pub const PHOTOS: [(&str, &[u8]); 5] = [
-    ("astronaut.png", include_bytes!("../../tests/data/photos/astronaut.png")),
-    ("chelsea.png", include_bytes!("../../tests/data/photos/chelsea.png")),
-    ("coffee.png", include_bytes!("../../tests/data/photos/coffee.png")),
-    ("hubble.png", include_bytes!("../../tests/data/photos/hubble.png")),
-    ("rocket.png", include_bytes!("../../tests/data/photos/rocket.png")),
+    ("astronaut.png", include_bytes!("../assets/photos/astronaut.png")),
+    ("chelsea.png", include_bytes!("../assets/photos/chelsea.png")),
+    ("coffee.png", include_bytes!("../assets/photos/coffee.png")),
+    ("hubble.png", include_bytes!("../assets/photos/hubble.png")),
+    ("rocket.png", include_bytes!("../assets/photos/rocket.png")),
 ];
 
-const LICENSE: &str = include_str!("../../tests/data/photos/LICENSE.md");
+const LICENSE: &str = include_str!("../assets/photos/LICENSE.md");
 
 /// Writes the photos (and their licence) into `dir` (created), skipping files already there with the same
 /// bytes; returns `dir`.

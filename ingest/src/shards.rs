@@ -14,8 +14,8 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use srcache_formats::{
-    encode_owned, Codec, DType, DatasetOptions, DatasetSummary, DatasetWriter, DirState, EncodedTensor, SampleMeta, Schema, TensorSpec,
-    MANIFEST_FILE, SKIPPED_KEY,
+    encode_owned, Codec, DType, DatasetOptions, DatasetSummary, DatasetWriter, DirState, EncodedTensor, Lock, OwnedDir, Ownership, SampleMeta,
+    Schema, TensorSpec, MANIFEST_FILE, PARTS_DIR, SKIPPED_KEY,
 };
 
 use crate::error::{summarise_skipped, IngestError, Result, Skipped};
@@ -48,40 +48,16 @@ pub const RECORD_FILE: &str = "ingest.json";
 /// directory (a `--force` included) is refused before it removes or writes anything.
 pub const LOCK_FILE: &str = "ingest.lock";
 
-/// The lock on an ingest output directory (released when dropped or when the process dies).
-struct OutLock {
-    _file: std::fs::File,
-    path: std::path::PathBuf,
-    /// This run made the lock file (so a run that leaves nothing behind removes it).
-    created: bool,
-}
-
-fn lock_output(out: &Path) -> Result<OutLock> {
-    let path = out.join(LOCK_FILE);
-    let created = !path.exists();
-    let file = std::fs::File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| IngestError::write(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(OutLock { _file: file, path, created }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(IngestError::Refused {
-            path: out.to_path_buf(),
-            what: "another srcache process is writing this ingest output (its lock is held); wait for it or stop it (nothing was changed)".into(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(IngestError::write(&path, e)),
-    }
-}
-
-impl OutLock {
-    /// Leaves the directory as the run found it: the lock file removed if this run made it, the directory
-    /// too if it did not exist before (and is empty).
-    fn release(self, existed: bool, out: &Path) {
-        if self.created {
-            let _ = std::fs::remove_file(&self.path);
-        }
-        if !existed {
-            let _ = std::fs::remove_dir(out);
-        }
-    }
-}
+/// What an ingest owns in its output directory: the dataset, its record and its lock.
+pub const OUTPUT: Ownership = Ownership {
+    what: "ingest output",
+    choose: "output directory",
+    files: &[RECORD_FILE],
+    dirs: &[],
+    dataset: true,
+    parts: None,
+    lock: Lock::File(LOCK_FILE),
+};
 
 /// Version of the [`IngestRecord`] layout.
 const RECORD_VERSION: u32 = 1;
@@ -163,35 +139,19 @@ impl IngestRecord {
     }
 }
 
-/// Deletes the srcache files of an output directory that [`srcache_formats::check_output_dir`] accepted (so
-/// every entry in it is one srcache owns: shards, manifest, the record, srcache temporary files).
-fn remove_own_files(dir: &Path) -> Result<()> {
-    let rd = std::fs::read_dir(dir).map_err(|e| IngestError::write(dir, e))?;
-    for ent in rd {
-        let ent = ent.map_err(|e| IngestError::write(dir, e))?;
-        // The lock stays: this process holds it, and a new file would be a second, unheld lock.
-        if ent.file_name() == LOCK_FILE {
-            continue;
-        }
-        let p = ent.path();
-        std::fs::remove_file(&p).map_err(|e| IngestError::write(&p, e))?;
-    }
-    Ok(())
-}
-
-/// Decides whether `out` (in `state`, from `check_output_dir`) may receive this ingest: a new or empty
-/// directory, or the same ingest to resume (or, with `force`, any srcache dataset, emptied first). Returns
-/// whether the record must be written.
-fn prepare_output(out: &Path, state: DirState, record: &IngestRecord, force: bool) -> Result<bool> {
+/// Decides whether the claimed `out` may receive this ingest: a new or empty directory, or the same ingest to
+/// resume (or, with `force`, any srcache dataset, emptied first). Returns whether the record must be written.
+fn prepare_output(owned: &OwnedDir, record: &IngestRecord, force: bool) -> Result<bool> {
+    let out = owned.path();
     let refuse = |what: String| Err(IngestError::Resume { path: out.to_path_buf(), what });
-    if state != DirState::Dataset {
+    if owned.found() != DirState::Ours {
         return Ok(true);
     }
-    if out.join("parts").exists() {
+    if out.join(PARTS_DIR).exists() {
         return refuse("holds a merged dataset (parts/), not an ingest output; choose another output directory".into());
     }
     if force {
-        remove_own_files(out)?;
+        owned.remove_own()?;
         return Ok(true);
     }
     let path = out.join(RECORD_FILE);
@@ -313,7 +273,7 @@ pub fn write_patch_dataset(
         return Err(IngestError::Config { what: "target shard size 0: must be at least 1 byte".into() });
     }
     // First, before the (long) scan: `--out ~` or any directory with files srcache did not write is refused.
-    let state = srcache_formats::check_output_dir(out, &[RECORD_FILE, LOCK_FILE])?;
+    OUTPUT.state(out)?;
     let mut report = crate::scan(&cfg.scan)?;
     if cfg.strict {
         // Before the output directory is touched: a strict run that cannot start leaves nothing behind.
@@ -323,22 +283,13 @@ pub fn write_patch_dataset(
     }
     // Kept in the report too: the stream checks each file it decodes against its fingerprint.
     let record = IngestRecord::new(cfg, opts, report.fingerprint(&cfg.scan));
-    let existed = state != DirState::Missing;
-    // The lock before anything is removed or written (`--force` included): a second run is refused, not mixed in.
-    std::fs::create_dir_all(out).map_err(|e| IngestError::write(out, e))?;
-    let lock = match lock_output(out) {
-        Ok(l) => l,
-        Err(e) => {
-            if !existed {
-                let _ = std::fs::remove_dir(out);
-            }
-            return Err(e);
-        }
-    };
-    let new_record = match prepare_output(out, state, &record, opts.force) {
+    // The lock before anything is removed or written (`--force` included): a second run is refused, not mixed
+    // in. The folder is checked again as it is claimed (the scan took time).
+    let owned = OUTPUT.claim(out)?;
+    let new_record = match prepare_output(&owned, &record, opts.force) {
         Ok(n) => n,
         Err(e) => {
-            lock.release(existed, out);
+            owned.release();
             return Err(e);
         }
     };
@@ -388,7 +339,7 @@ pub fn write_patch_dataset(
         // corrected rerun is not refused as "a different ingest".
         drop(writer);
         let _ = std::fs::remove_file(&record_path);
-        lock.release(existed, out);
+        owned.release();
         return Err(IngestError::NoSamples { path: out.to_path_buf(), summary: summarise_skipped(images, &skipped) });
     }
     let listed = serde_json::to_string(&skipped).map_err(|e| IngestError::write(&out.join(MANIFEST_FILE), e))?;

@@ -119,13 +119,13 @@ fn process(entry: &ImageEntry, cfg: &IngestConfig, variants: &[Variant], prints:
     let mut out = Vec::new();
     let source = source_name(&entry.hr, &cfg.scan.hr_dir);
     for v in variants {
-        let lr = if v.steps.is_empty() {
+        let lr = Arc::new(if v.steps.is_empty() {
             img.lr.clone()
         } else {
             let blurred = v.apply_hr(&img.hr);
             let lr = imresize(&blurred, img.lr.width(), img.lr.height());
             v.apply_lr(&lr, cfg.seed, &entry.stem)?
-        };
+        });
         for b in grid(lr.width(), lr.height(), &cfg.patch) {
             if let Some(t) = cfg.patch.flat_threshold {
                 if luma_variance(&lr, &b) < t {
@@ -139,6 +139,7 @@ fn process(entry: &ImageEntry, cfg: &IngestConfig, variants: &[Variant], prints:
                 variant: v.name.clone(),
                 lr: crop(&lr, &b, 1),
                 hr: crop(&img.hr, &b, scale),
+                lr_image: lr.clone(),
             });
         }
     }

@@ -1,6 +1,6 @@
 //! Fidelity against implementations srcache did not write (python/tests/ref_ingest.py):
 //! MATLAB bicubic LR vs the PyPI `resize-right` package, Y-PSNR/SSIM vs numpy + scikit-image,
-//! on the real photographs in tests/data/photos.
+//! on the real photographs in ingest/assets/photos.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +24,7 @@ fn reference(args: &[&str]) -> serde_json::Value {
 }
 
 fn photos() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("tests/data/photos"))
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("ingest/assets/photos"))
         .expect("photos dir")
         .flatten()
         .map(|e| e.path())

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use srcache_ingest::{resize, stream, IngestConfig, PatchConfig, ScanConfig};
 
 fn photos() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/photos")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/photos")
 }
 
 fn copy_photo(name: &str, dst: &Path) {

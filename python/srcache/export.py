@@ -118,6 +118,13 @@ def _safe_window_reverse(windows, window_size, h, w):
     return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, -1)
 
 
+def _safe_windows2img(img_splits_hw, h_sp, w_sp, h, w):
+    # DAT's rectangular-window reverse, batch by integer division (see _safe_window_reverse).
+    b = img_splits_hw.shape[0] // ((h // h_sp) * (w // w_sp))
+    img = img_splits_hw.view(b, h // h_sp, w // w_sp, h_sp, w_sp, -1)
+    return img.permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, -1)
+
+
 def _make_shift_mask(window_partition):
     """The shifted-window attention mask of SwinIR / HAT (`calculate_mask`), computed from coordinates instead of
     by assigning region ids into slices of a zero image: the same values, but pointwise ops that AOTInductor's
@@ -312,7 +319,40 @@ def _max_diff(a, b):
                for x, y in zip(a, b))
 
 
+# Inductor settings for CPU packages. cpp.dynamic_threads: by default AOTInductor writes the exporting process's
+# thread count into every generated CPU kernel (`#pragma omp parallel num_threads(N)`, N = torch's threads at
+# export), whatever the process that runs the package asks for; a package exported on a 2-core machine and run
+# with 1 thread then has two OpenMP threads spin in a barrier after each of its many small kernels (measured:
+# ~60% of the run time in libgomp for a SwinIR, 4x slower than eager; BENCHMARKS.md). With it the kernels use
+# the run-time OpenMP thread count (torch.set_num_threads / OMP_NUM_THREADS), like eager and TorchScript.
+CPU_CONFIGS = {"cpp.dynamic_threads": True}
+
+
+def _dat_batch_patch(expert):
+    """DAT's windows2img derives the batch with int(float), which torch.export specialises to the example's
+    batch: (module, original) after swapping in the integer-division version, or None. Only for the package
+    export (restored after it): the same swap also makes a DAT TorchScript trace size-generic, which would change
+    what existing DAT traces and the tests of the traced-only refusal rely on; left for a separate change."""
+    import inspect
+
+    mod = sys.modules.get(type(getattr(expert, "model", expert)).__module__)
+    f = getattr(mod, "windows2img", None) if mod is not None else None
+    if f is None or len(inspect.signature(f).parameters) != 5:
+        return None
+    mod.windows2img = _safe_windows2img
+    return mod, f
+
+
 def export_pt2(expert, meta, out, device="cpu", max_size=4096):
+    patched = _dat_batch_patch(expert)
+    try:
+        return _export_pt2(expert, meta, out, device, max_size)
+    finally:
+        if patched:
+            patched[0].windows2img = patched[1]
+
+
+def _export_pt2(expert, meta, out, device, max_size):
     from torch.export import Dim, export
 
     lo = meta["min_size"]
@@ -332,6 +372,8 @@ def export_pt2(expert, meta, out, device="cpu", max_size=4096):
         ep = export(expert, (x,), dynamic_shapes=({0: batch, 2: h, 3: w},))
         meta = dict(meta, format="pt2", device=dev.type, sizes="any", max_size=max_size)
         configs = {"aot_inductor.metadata": {"srcache": json.dumps(meta, sort_keys=True)}}
+        if dev.type == "cpu":
+            configs.update(CPU_CONFIGS)
         # Written beside the target and renamed once checked, so no half-written package is ever at `out`
         # (AOTInductor insists on a .pt2 suffix).
         tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.partial.pt2")

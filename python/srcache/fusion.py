@@ -30,7 +30,7 @@ from torch import nn
 
 __all__ = ["FusionNet", "FusionConfig", "HEADS", "haar_dwt", "haar_idwt", "upsample_bicubic", "latest_checkpoint"]
 
-HEADS = ("gating", "frequency", "delta")
+HEADS = ("gating", "frequency", "delta", "refine", "select")
 SPEC_FILE = "fusion.json"
 
 
@@ -38,7 +38,7 @@ class FusionConfig:
     """Rust `FusionConfig` (the `[model]` table of a run's config.toml), defaults as there."""
 
     FIELDS = {"head": "gating", "experts": [], "feat_channels": [], "use_feats": True, "feat_proj": 8, "width": 48,
-              "blocks": 4, "scale": 4, "delta_expert": 0, "edge_refine": False}
+              "blocks": 4, "scale": 4, "delta_expert": "best", "head_layers": 2, "edge_refine": False}
 
     def __init__(self, **kw):
         unknown = set(kw) - set(self.FIELDS)
@@ -52,8 +52,23 @@ class FusionConfig:
             raise ValueError(f"model.head {self.head!r}: not one of {HEADS}")
         if not self.experts:
             raise ValueError("model.experts: at least one expert is needed")
-        if self.head == "delta" and not 0 <= self.delta_expert < len(self.experts):
-            raise ValueError(f"model.delta_expert {self.delta_expert} but only {len(self.experts)} experts")
+        self.base = self.base_index()
+
+    def base_index(self):
+        """Rust `ExpertRef::resolve`: the expert every head starts from. A trained run's config names it;
+        "best" unresolved (a model built without training data) is the first expert, as in Rust."""
+        d = self.delta_expert
+        if isinstance(d, bool) or not isinstance(d, (int, str)):
+            raise ValueError(f"model.delta_expert {d!r}: give an expert name, \"best\" or an index")
+        if d == "best":
+            return 0
+        if isinstance(d, str):
+            if d not in self.experts:
+                raise ValueError(f"model.delta_expert {d!r} is not an expert of this model (experts: {self.experts})")
+            return self.experts.index(d)
+        if not 0 <= d < len(self.experts):
+            raise ValueError(f"model.delta_expert {d} but only {len(self.experts)} experts")
+        return d
 
     def to_dict(self):
         return {k: getattr(self, k) for k in self.FIELDS}
@@ -177,12 +192,36 @@ class Head(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         w, e = cfg.width, len(cfg.experts)
+        layers = max(int(cfg.head_layers), 1)
         if cfg.head == "gating":
             self.gate, self.res = _conv(w, e, 3, True), _conv(w, 3, 3, True)
         elif cfg.head == "frequency":
             self.gate, self.res = _conv(w + 12, 4 * e, 3, True), _conv(w + 12, 12, 3, True)
+        elif cfg.head == "refine":  # Rust head.gate, head.r{i}, head.out
+            self.gate, self.out = _conv(w, e, 3, True), _conv(w, 3, 3, True)
+            self.stack = [f"r{i}" for i in range(layers)]
+            for i, n in enumerate(self.stack):
+                self.add_module(n, _conv(w + 3 if i == 0 else w, w, 3))
+        elif cfg.head == "select":  # Rust head.s{i}, head.gate
+            self.gate = _conv(w, e, 3, True)
+            self.stack = [f"s{i}" for i in range(layers)]
+            for n in self.stack:
+                self.add_module(n, _conv(w, w, 3))
         else:
             self.res = _conv(w, 3, 3, True)
+
+    def run(self, x):
+        for n in self.stack:
+            x = _lrelu(getattr(self, n)(x))
+        return x
+
+
+def toward(base, xs, gates, first=0):
+    """Rust `toward`: base + sum_e tanh(g_e) (x_e - base); exactly `base` while the gates are zero."""
+    out = base
+    for i, x in enumerate(xs):
+        out = out + (x - base) * torch.tanh(gates[:, first + i : first + i + 1])
+    return out
 
 
 class EdgeRefine(nn.Module):
@@ -263,15 +302,15 @@ class FusionNet(nn.Module):
         """Positional form, the exported signature: fuse(lr_up, [sr per expert], [feat per feature expert])."""
         cfg, e = self.cfg, len(self.cfg.experts)
         f = self.trunk(lr_up, srs, feats)
-        base = srs[cfg.delta_expert] if cfg.head == "delta" else mean_of(srs)
-        inv = 1.0 / e
+        base = srs[cfg.base]
         h = self.head
         if cfg.head == "gating":
-            # base + sum (w_e - 1/E) sr_e equals sum w_e sr_e but is bit-exactly the mean when w is uniform.
-            w = torch.softmax(h.gate(f), 1)
-            out = base + h.res(f)
-            for i, s in enumerate(srs):
-                out = out + s * (w[:, i : i + 1] - inv)
+            out = toward(base, srs, h.gate(f)) + h.res(f)
+        elif cfg.head == "refine":
+            blend = toward(base, srs, h.gate(f))
+            out = blend + h.out(h.run(torch.cat([f, blend], 1)))
+        elif cfg.head == "select":
+            out = toward(base, srs, h.gate(h.run(f)))
         elif cfg.head == "frequency":
             bands = [haar_dwt(s) for s in srs]
             mb = haar_dwt(base)
@@ -280,11 +319,8 @@ class FusionNet(nn.Module):
             logits, res = h.gate(x), h.res(x)
             corr = []
             for k in range(4):
-                w = torch.softmax(logits[:, k * e : (k + 1) * e], 1)
-                c = res[:, 3 * k : 3 * k + 3]
-                for i, b in enumerate(bands):
-                    c = c + b[k] * (w[:, i : i + 1] - inv)
-                corr.append(c)
+                moved = toward(mb[k], [b[k] for b in bands], logits, k * e) - mb[k]
+                corr.append(moved + res[:, 3 * k : 3 * k + 3])
             out = base + haar_idwt(corr)
         else:
             out = base + h.res(f)

@@ -85,16 +85,25 @@ def parse_args(argv=None):
 
 
 def split_by_source(data, fraction, seed):
-    """(train, held-out) sample indices, exactly as Rust `split_by_source`: a source image is held out when
-    (FNV-1a of its name, seeded) % 10000 < fraction * 10000; all go to training if that leaves none."""
-    tr, va = [], []
+    """(train, held-out) sample indices, exactly as Rust `train::Split::of`: the distinct sources ranked by
+    (seeded FNV-1a of the name, name); the first round(fraction * n) held out, clamped to 1..n-1 when
+    fraction > 0 and n >= 2; none with a single source."""
     mask = (1 << 64) - 1
-    for i, src in enumerate(data.manifest.column("source").to_pylist()):
+
+    def fnv(src):
         h = 0xCBF29CE484222325 ^ (seed & mask)
         for c in src.encode():
             h = ((h ^ c) * 0x100000001B3) & mask
-        (va if (h % 10000) < fraction * 10000.0 else tr).append(i)
-    return (va, []) if not tr else (tr, va)
+        return h
+
+    sources = data.manifest.column("source").to_pylist()
+    uniq = sorted(set(sources))
+    n = len(uniq)
+    k = min(max(int(fraction * n + 0.5), 1), n - 1) if fraction > 0 and n >= 2 else 0
+    held = set(sorted(uniq, key=lambda s: (fnv(s), s))[:k])
+    tr = [i for i, s in enumerate(sources) if s not in held]
+    va = [i for i, s in enumerate(sources) if s in held]
+    return tr, va
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks python/make_gpu_experts.py end to end on CPU at a small size (needs only torch).
+"""Checks python/tools/make_gpu_experts.py end to end on CPU at a small size (needs only torch).
 
 Runs make_gpu_experts.py into a temp dir (--size 16 --batch 2), then loads rrdb.pt and swinir.pt back and
 checks: parameter counts against the real models, output shapes and dtypes, finiteness, that sr is
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, os.path.join(HERE, "..", "tools"))
 import gpu_archs as ga  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         out = a.keep or tmp
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, os.path.join(HERE, "..", "make_gpu_experts.py"), out, "--size",
+        subprocess.run([sys.executable, os.path.join(HERE, "..", "tools", "make_gpu_experts.py"), out, "--size",
                         str(a.size), "--batch", "2"], check=True)
         t_make = time.perf_counter() - t0
         meta = json.load(open(os.path.join(out, "experts.json")))

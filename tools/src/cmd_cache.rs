@@ -6,8 +6,7 @@ use std::time::Instant;
 use anyhow::bail;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use srcache_cache::{CacheConfig, CacheSummary, ExpertConfig, Placement, Progress, StoragePreset};
-use srcache_experts::{ExpertSource, ExpertSpec};
+use srcache_cache::{CacheConfig, CacheOverrides, CacheSummary, Progress, StoragePreset};
 
 #[derive(Args, Debug)]
 pub struct CacheArgs {
@@ -30,6 +29,10 @@ pub struct CacheArgs {
     /// The same default applies to a cache.toml without `stride`.
     #[arg(long)]
     pub stride: Option<u32>,
+    /// LR pixels of context each side of a patch that the experts see (their outputs are the patch's centre, as
+    /// whole-image inference makes it) [default: 8]; 0 = bare patches.
+    #[arg(long)]
+    pub halo: Option<u32>,
     /// Degradation variant of the LR input, each cached as its own samples: `clean`, `blur:1.2`, `noise:5`,
     /// `jpeg:75`, or a chain like `blur:1.2+noise:5` (repeatable; default: clean only; seeded by the config's
     /// `seed`). Replaces the config file's `input.variants`.
@@ -90,76 +93,35 @@ pub struct CacheArgs {
     pub quiet: bool,
 }
 
-/// `NAME=SOURCE[@DEVICE]`.
-fn parse_expert(s: &str) -> anyhow::Result<ExpertConfig> {
-    let spec: ExpertSpec = s.parse()?;
-    let mut e = match spec.source {
-        ExpertSource::Builtin(b) => ExpertConfig::builtin(&spec.name, b),
-        ExpertSource::TorchScript(p) => ExpertConfig::torchscript(&spec.name, p),
-    };
-    e.device = spec.device;
-    Ok(e)
-}
-
+/// The config file (or the default config) with the flags given applied ([`CacheConfig::with_overrides`]).
 pub fn build_config(a: &CacheArgs) -> anyhow::Result<CacheConfig> {
-    let mut cfg = match &a.config {
-        Some(p) => CacheConfig::from_toml_file(p)?,
-        None => CacheConfig::default(),
-    };
-    if let Some(v) = &a.hr {
-        cfg.input.hr_dir = v.clone();
-    }
-    if a.lr.is_some() {
-        cfg.input.lr_dir = a.lr.clone();
-    }
-    if let Some(v) = a.scale {
-        cfg.input.scale = v;
-    }
-    if let Some(v) = a.patch {
-        cfg.input.patch = v;
-    }
-    if a.stride.is_some() {
-        cfg.input.stride = a.stride;
-    }
-    if a.limit.is_some() {
-        cfg.input.limit = a.limit;
-    }
-    if !a.variants.is_empty() {
-        cfg.input.variants = a.variants.clone();
-    }
-    if !a.experts.is_empty() {
-        cfg.experts = a.experts.iter().map(|s| parse_expert(s)).collect::<anyhow::Result<_>>()?;
-    }
-    let storage = StoragePreset::from_flags(a.lossless, a.sr_u8, a.feat_u8, a.feat_pca.as_deref())?;
-    cfg.experts.iter_mut().for_each(|e| storage.apply(e));
-    if let Some(v) = &a.out {
-        cfg.out = v.clone();
-    }
-    if let Some(v) = &a.devices {
-        cfg.devices = v.clone();
-    }
-    if a.expert_split {
-        cfg.placement = Placement::ExpertSplit;
-    }
-    if let Some(v) = a.batch {
-        cfg.batch = v;
-    }
-    if a.fp16 {
-        cfg.fp16 = true;
-    }
-    if let Some(v) = a.shard_mb {
-        cfg.target_shard_bytes = v << 20;
-    }
-    if let Some(p) = &a.part {
-        cfg.input.part = Some(match p.as_str() {
-            "slurm" | "auto" => srcache_ingest::partition::part_from_env(|k| std::env::var(k).ok())?,
-            spec => spec.parse()?,
-        });
-    }
     if a.config.is_none() && a.hr.is_none() {
         bail!("give --config run.toml or at least --hr DIR --out DIR --expert NAME=SOURCE");
     }
-    Ok(cfg)
+    let cfg = match &a.config {
+        Some(p) => CacheConfig::from_toml_file(p)?,
+        None => CacheConfig::default(),
+    };
+    let overrides = CacheOverrides {
+        hr_dir: a.hr.clone(),
+        lr_dir: a.lr.clone(),
+        scale: a.scale,
+        patch: a.patch,
+        stride: a.stride,
+        halo: a.halo,
+        limit: a.limit,
+        variants: a.variants.clone(),
+        experts: a.experts.clone(),
+        storage: StoragePreset::from_flags(a.lossless, a.sr_u8, a.feat_u8, a.feat_pca.as_deref())?,
+        out: a.out.clone(),
+        devices: a.devices.clone(),
+        expert_split: a.expert_split,
+        batch: a.batch,
+        fp16: a.fp16,
+        shard_mb: a.shard_mb,
+        part: a.part.clone(),
+    };
+    Ok(cfg.with_overrides(&overrides, |k| std::env::var(k).ok())?)
 }
 
 /// indicatif bar: samples/s, MB/s written, ETA when the total is known.

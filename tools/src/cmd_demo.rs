@@ -1,5 +1,5 @@
 //! `srcache demo`: the whole product on built-in data in a few minutes on a laptop-class CPU.
-//! Real photographs (public domain / CC0, shipped in tests/data/photos) → MATLAB-bicubic LR → patches →
+//! Real photographs (public domain / CC0, shipped in ingest/assets/photos) → MATLAB-bicubic LR → patches →
 //! three built-in analytic experts cached to shards → fusion training → full-image evaluation on held-out
 //! photos → a report folder with the table, contact sheets and the training curve.
 
@@ -11,7 +11,8 @@ use image::RgbImage;
 use srcache_cache::{Builtin, CacheConfig, ExpertConfig, InputConfig};
 use srcache_experts::benchmark::{self, BenchmarkFolder, BenchmarkImage};
 use srcache_experts::evaluate::{evaluate_folder, ImageResult, Row, FUSED, MATLAB_BICUBIC};
-use srcache_experts::{ExpertSource, FusionModule, SrStack, Tiling};
+use srcache_experts::{FusionModule, SrStack, Tiling};
+use srcache_formats::{Lock, Ownership};
 use srcache_trainer::plot::{Sheet, Tile};
 use srcache_trainer::TrainConfig;
 
@@ -148,23 +149,21 @@ fn contact_sheet(out: &ImageResult, hr: &RgbImage, scale: u32, path: &Path) -> R
     Ok(())
 }
 
-/// A folder the demo writes into must be new, empty, or a previous demo's (it holds only what the demo made).
-fn claim_out(out: &Path) -> Result<()> {
-    const OURS: [&str; 4] = ["data", "cache", "run", "report"];
-    if let Ok(rd) = std::fs::read_dir(out) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !OURS.contains(&name.as_str()) && !name.starts_with("photos") {
-                bail!("{}: holds {name:?}, which the demo did not write; choose a new or empty --out", out.display());
-            }
-        }
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))
-}
+/// What the demo writes into its `--out`: a folder that is new, empty, or a previous demo's (it holds only
+/// what the demo made). The stages inside lock their own folders (the cache its `cache.lock`, the run itself).
+const DEMO: Ownership = Ownership {
+    what: "demo",
+    choose: "--out",
+    files: &[],
+    dirs: &["data", "cache", "run", "report", "photos"],
+    dataset: false,
+    parts: None,
+    lock: Lock::None,
+};
 
 pub fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
-    claim_out(&a.out)?;
+    let _out = DEMO.claim(&a.out)?;
     let photos = match &a.photos {
         Some(p) => p.clone(),
         None => srcache_ingest::photos::extract(&a.out.join("photos"))?,
@@ -205,9 +204,8 @@ pub fn run(a: Args) -> Result<()> {
     println!("{} steps, final loss {:.5}, {} parameters, {:.1} samples/s", ts.steps, ts.final_loss, ts.params, ts.samples_per_s);
 
     step(4, "eval: full held-out images, Y-PSNR/SSIM with border crop = scale; contact sheets");
-    let mut experts: Vec<(String, ExpertSource)> = Builtin::ALL.iter().map(|b| (b.as_str().to_string(), ExpertSource::Builtin(*b))).collect();
-    experts.sort_by(|x, y| x.0.cmp(&y.0));
-    let stack = SrStack::load(&experts, a.scale, tch::Device::Cpu, Tiling::default(), None)?;
+    // The three built-ins: the experts the cache ran (not read back from it: the demo's eval needs no patch size).
+    let stack = SrStack::assemble(Vec::new(), None, Some(a.scale), tch::Device::Cpu, Tiling::default())?;
     let fusion = FusionModule::load(&run_dir, tch::Device::Cpu)?;
     let folder = BenchmarkFolder::scan(&bench, a.scale, 0)?;
     let mut sheets = Vec::new();

@@ -13,6 +13,10 @@ pub struct TrainArgs {
     /// Training config (TOML; missing fields take their defaults). Without it, defaults are used.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Start from a built-in preset (trainer/presets/NAME.toml: gating, refine, select); a --config given too
+    /// is applied on top of it.
+    #[arg(long)]
+    pub preset: Option<String>,
     /// Cached dataset directory (shards + manifest.parquet).
     #[arg(long)]
     pub data: PathBuf,
@@ -32,9 +36,10 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let mut cfg = match &a.config {
-        Some(p) => TrainConfig::from_toml_file(p)?,
-        None => TrainConfig::default(),
+    let mut cfg = match (&a.preset, &a.config) {
+        (Some(name), over) => TrainConfig::from_preset(name, over.as_deref())?,
+        (None, Some(p)) => TrainConfig::from_toml_file(p)?,
+        (None, None) => TrainConfig::default(),
     };
     if let Some(s) = a.steps {
         cfg.steps = s;
@@ -66,9 +71,23 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         summary.params,
         summary.samples_per_s
     );
+    let sp = &summary.split;
+    println!(
+        "split by source image (seed {}, val_fraction {}; also {}/split.json): {} held out of {}: {}",
+        sp.seed,
+        sp.fraction,
+        summary.run_dir.display(),
+        sp.held_out.len(),
+        sp.held_out.len() + sp.train_sources.len(),
+        if sp.held_out.is_empty() { "none".to_string() } else { sp.held_out.join(", ") }
+    );
+    println!("the head started at expert {} (the config's delta_expert)", summary.base_expert);
     // Each table ends with the fused − best-expert margin.
     for v in summary.val.iter().chain(&summary.val_full) {
         print!("{v}");
+    }
+    if let Some((on, best, d)) = &summary.margin {
+        println!("fused - best expert ({best}) on {on}: {d:+.3} dB (full images preferred when val_dirs are given)");
     }
     if let Some(p) = &summary.exported {
         println!("TorchScript fusion model: {}", p.display());

@@ -1,10 +1,10 @@
 //! The experts (+ trained fusion model) options shared by `eval` and `infer`; the work is in
 //! `srcache_experts` (one full-image path for eval, infer, the demo and training validation).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use srcache_experts::{parse_device, Builtin, ExpertSource, ExpertSpec, FusionModule, SrStack, Tiling};
+use srcache_experts::{parse_device, ExpertSpec, FusionModule, SrStack, Tiling};
 use srcache_formats::Dataset;
 
 /// Which experts (and fusion model) to run, where, and in what tiles.
@@ -36,19 +36,6 @@ pub struct StackArgs {
     pub overlap: i64,
 }
 
-/// (name, source) of each expert, the scale and the patch size a cache records, and the opened cache.
-type CacheExperts = (Vec<(String, ExpertSource)>, Option<u32>, Option<u32>, Option<Dataset>);
-
-/// What a cache says about its experts: (name, source) in name order, the scale and the patch size.
-fn from_cache(dir: &Path) -> Result<CacheExperts> {
-    let ds = Dataset::open(dir).with_context(|| format!("reading the experts of cache {}", dir.display()))?;
-    let schema = ds.schema().with_context(|| format!("{}: dataset has no shards", dir.display()))?;
-    let names = schema.sr_experts();
-    let sources = srcache_experts::sources_from_dataset(&ds, &names)?;
-    let (scale, patch) = (schema.scale(), schema.patch());
-    Ok((sources, scale, patch, Some(ds)))
-}
-
 impl StackArgs {
     /// Loads the experts (sorted by name: the fusion model's order) and the fusion model, if any.
     pub fn build(&self) -> Result<(SrStack, Option<FusionModule>)> {
@@ -58,21 +45,15 @@ impl StackArgs {
     /// [`StackArgs::build`], also handing back the `--cache` dataset it opened (eval fits its baselines on it).
     pub fn build_with_cache(&self) -> Result<(SrStack, Option<FusionModule>, Option<Dataset>)> {
         let device = parse_device(&self.device)?;
-        let (mut list, cache_scale, patch, ds) = if !self.experts.is_empty() {
-            let specs = self.experts.iter().map(|s| s.parse::<ExpertSpec>().map(|e| (e.name, e.source))).collect::<Result<Vec<_>, _>>()?;
-            let (_, scale, patch, ds) = match &self.cache {
-                Some(c) => from_cache(c)?,
-                None => (Vec::new(), None, None, None),
-            };
-            (specs, scale, patch, ds)
-        } else if let Some(dir) = &self.cache {
-            from_cache(dir)?
-        } else {
-            (Builtin::ALL.iter().map(|b| (b.as_str().to_string(), ExpertSource::Builtin(*b))).collect(), None, None, None)
+        let mut given = self.experts.iter().map(|s| s.parse::<ExpertSpec>().map(|e| (e.name, e.source))).collect::<Result<Vec<_>, _>>()?;
+        // Flags in any order: the fusion model takes its experts sorted by name.
+        given.sort_by(|a, b| a.0.cmp(&b.0));
+        let ds = match &self.cache {
+            Some(dir) => Some(Dataset::open(dir).with_context(|| format!("reading the experts of cache {}", dir.display()))?),
+            None => None,
         };
-        list.sort_by(|a, b| a.0.cmp(&b.0));
-        let scale = self.scale.or(cache_scale).unwrap_or(4);
-        let stack = SrStack::load(&list, scale, device, Tiling { tile: self.tile, overlap: self.overlap }, patch.map(|p| p as usize))?;
+        let tiling = Tiling { tile: self.tile, overlap: self.overlap };
+        let stack = SrStack::assemble(given, ds.as_ref(), self.scale, device, tiling)?;
         let fusion = match &self.run {
             Some(run) => Some(FusionModule::load(run, device)?),
             None => None,

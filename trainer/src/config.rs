@@ -13,6 +13,72 @@ pub enum Head {
     Frequency,
     /// Residual on top of `delta_expert`; starts at that expert.
     Delta,
+    /// Residual refiner over `delta_expert` with its own conv stack on (trunk features, that expert's high
+    /// pass) and a zero-initialised last layer: starts exactly at that expert (seed 002's recipe).
+    Refine,
+    /// Per-pixel selection: a softmax over the experts conditioned on trunk features (LR, outputs, features),
+    /// with a learned temperature, plus a small residual; starts exactly at `delta_expert`.
+    Select,
+}
+
+/// An expert named in a config: `"best"` (the expert with the highest mean PSNR on the training samples, from
+/// the manifest), an expert name, or (older configs) an index into the name-sorted expert list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExpertRef {
+    Index(usize),
+    Name(String),
+}
+
+/// The [`ExpertRef`] that means "the best expert on the training data".
+pub const BEST_EXPERT: &str = "best";
+
+impl Default for ExpertRef {
+    fn default() -> Self {
+        ExpertRef::Name(BEST_EXPERT.into())
+    }
+}
+
+impl From<&str> for ExpertRef {
+    fn from(s: &str) -> Self {
+        ExpertRef::Name(s.into())
+    }
+}
+
+impl From<usize> for ExpertRef {
+    fn from(i: usize) -> Self {
+        ExpertRef::Index(i)
+    }
+}
+
+impl std::fmt::Display for ExpertRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpertRef::Index(i) => write!(f, "#{i}"),
+            ExpertRef::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
+impl ExpertRef {
+    /// The index of this expert in `experts` (name-sorted); `best` is `best`'s index. An unknown name or an
+    /// index out of range is an error listing the experts.
+    pub fn resolve(&self, experts: &[String], best: Option<usize>) -> crate::Result<usize> {
+        let bad = |why: String| crate::TrainerError::Config { what: "model.delta_expert".into(), why };
+        match self {
+            ExpertRef::Name(n) if n == BEST_EXPERT => {
+                best.ok_or_else(|| bad("\"best\" needs the training data's per-expert PSNR (resolve it before building the model)".into()))
+            }
+            ExpertRef::Name(n) => experts
+                .iter()
+                .position(|e| e == n)
+                .ok_or_else(|| bad(format!("{n:?} is not an expert of this dataset (experts: {}; or \"best\")", experts.join(", ")))),
+            ExpertRef::Index(i) if *i < experts.len() => Ok(*i),
+            ExpertRef::Index(i) => {
+                Err(bad(format!("index {i} but only {} experts ({}); name the expert instead", experts.len(), experts.join(", "))))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,8 +95,12 @@ pub struct FusionConfig {
     pub width: usize,
     pub blocks: usize,
     pub scale: u32,
-    /// Index into `experts` refined by the delta head (usually the best single expert).
-    pub delta_expert: usize,
+    /// The expert every head starts from (delta and refine: the one they refine; gating, frequency, select: the
+    /// one their weights start on): `"best"` (default: the highest mean manifest PSNR over the training
+    /// samples), an expert name, or an index into the name-sorted experts. Training stores the name it resolved.
+    pub delta_expert: ExpertRef,
+    /// Conv layers of the refine head's own stack (after the trunk), and of the select head's gate.
+    pub head_layers: usize,
     /// Adds a zero-initialised Laplacian (high-pass) edge refinement after the head.
     pub edge_refine: bool,
     /// Per expert: the PCA basis its cached features are coefficients on (from the dataset schema, never saved
@@ -50,7 +120,8 @@ impl Default for FusionConfig {
             width: 48,
             blocks: 4,
             scale: 4,
-            delta_expert: 0,
+            delta_expert: ExpertRef::default(),
+            head_layers: 2,
             edge_refine: false,
             feat_pca: Vec::new(),
         }
@@ -127,6 +198,11 @@ pub struct LoaderConfig {
     /// trainer when it trains on CUDA; not part of the saved config.
     #[serde(skip)]
     pub pin_device: Option<tch::Device>,
+    /// Keep each sample's decoded (not yet cropped) tensors in RAM after their first read, so later epochs
+    /// only crop and flip: for compressed caches that fit in memory, where decode is the loader's limit.
+    pub cache_decoded: bool,
+    /// RAM budget of `cache_decoded`, in MiB: samples past it are decoded on every read as without it.
+    pub cache_decoded_mib: u64,
 }
 
 impl Default for LoaderConfig {
@@ -143,6 +219,8 @@ impl Default for LoaderConfig {
             load_feats: true,
             stored_dtype: true,
             pin_device: None,
+            cache_decoded: false,
+            cache_decoded_mib: 4096,
         }
     }
 }
@@ -186,6 +264,9 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     pub loader: LoaderConfig,
     pub steps: u64,
+    /// Seconds of training (steps only, validation and checkpoints left out) after which the run ends as if
+    /// its last step had come (validated, checkpointed, exported); 0 = no limit. For fixed-budget comparisons.
+    pub time_limit_s: f64,
     pub log_every: u64,
     pub val_every: u64,
     pub ckpt_every: u64,
@@ -225,6 +306,7 @@ impl Default for TrainConfig {
             optim: OptimConfig::default(),
             loader: LoaderConfig::default(),
             steps: 1000,
+            time_limit_s: 0.0,
             log_every: 10,
             val_every: 200,
             ckpt_every: 200,
@@ -267,6 +349,7 @@ impl TrainConfig {
         range("model.blocks", (1..=256).contains(&m.blocks), m.blocks.to_string(), "1..=256");
         range("model.feat_proj", (1..=4096).contains(&m.feat_proj), m.feat_proj.to_string(), "1..=4096");
         range("model.scale", (1..=8).contains(&m.scale), m.scale.to_string(), "1..=8");
+        range("model.head_layers", (1..=64).contains(&m.head_layers), m.head_layers.to_string(), "1..=64");
         let weights = std::iter::once(("loss.weights".to_string(), &self.loss.weights))
             .chain(self.loss.stages.iter().enumerate().map(|(i, st)| (format!("loss.stages[{i}].weights"), &st.weights)));
         for (key, w) in weights {
@@ -300,6 +383,12 @@ impl TrainConfig {
         range("loader.workers", l.workers <= 256, l.workers.to_string(), "0..=256");
         range("loader.prefetch", l.prefetch <= 64, l.prefetch.to_string(), "0..=64");
         range("steps", (1..=1 << 40).contains(&self.steps), self.steps.to_string(), "1..=2^40");
+        range(
+            "time_limit_s",
+            self.time_limit_s.is_finite() && self.time_limit_s >= 0.0,
+            self.time_limit_s.to_string(),
+            "finite seconds >= 0 (0 = none)",
+        );
         range("keep_best", self.keep_best <= 1000, self.keep_best.to_string(), "0..=1000");
         range("val_fraction", (0.0..1.0).contains(&self.val_fraction), self.val_fraction.to_string(), "[0, 1) (1 would leave nothing to train on)");
         range("val_tile", self.val_tile <= 32768, self.val_tile.to_string(), "0..=32768 (0 = the cache's patch)");
@@ -315,11 +404,60 @@ impl TrainConfig {
         }
     }
 
+    /// A built-in preset (`trainer/presets/NAME.toml`), optionally with a config file's keys applied on top
+    /// (a key in both: the file's wins, tables merged key by key). Unknown presets name the known ones.
+    pub fn from_preset(name: &str, over: Option<&std::path::Path>) -> crate::Result<TrainConfig> {
+        let text = preset_text(name).ok_or_else(|| crate::TrainerError::Config {
+            what: format!("--preset {name}"),
+            why: format!("no such preset (presets: {})", PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")),
+        })?;
+        let parse = |what: &str, text: &str| -> crate::Result<toml::Table> {
+            toml::from_str(text).map_err(|e| crate::TrainerError::Config { what: what.to_string(), why: srcache_experts::toml_error(text, &e) })
+        };
+        let mut base = parse(&format!("preset {name}"), text)?;
+        let what = match over {
+            Some(p) => {
+                let t = srcache_formats::read_regular_to_string(p).map_err(crate::error::io_err(p))?;
+                merge(&mut base, parse(&p.display().to_string(), &t)?);
+                format!("preset {name} + {}", p.display())
+            }
+            None => format!("preset {name}"),
+        };
+        toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| crate::TrainerError::Config { what, why: e.to_string() })
+    }
+
     /// Reads a TOML training config; unknown keys (typos such as `learning_rate`) are errors naming the key.
     pub fn from_toml_file(path: &std::path::Path) -> crate::Result<TrainConfig> {
         // Regular files only: a FIFO given as --config would block forever.
         let text = srcache_formats::read_regular_to_string(path).map_err(crate::error::io_err(path))?;
         toml::from_str(&text)
             .map_err(|e| crate::TrainerError::Config { what: path.display().to_string(), why: srcache_experts::toml_error(&text, &e) })
+    }
+}
+
+/// The built-in presets: (name, TOML), files under `trainer/presets/`.
+pub const PRESETS: [(&str, &str); 3] = [
+    ("gating", include_str!("../presets/gating.toml")),
+    ("refine", include_str!("../presets/refine.toml")),
+    ("select", include_str!("../presets/select.toml")),
+];
+
+pub fn preset_text(name: &str) -> Option<&'static str> {
+    PRESETS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// Applies `over` onto `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match v {
+            toml::Value::Table(o) if matches!(base.get(&k), Some(toml::Value::Table(_))) => {
+                if let Some(toml::Value::Table(b)) = base.get_mut(&k) {
+                    merge(b, o);
+                }
+            }
+            v => {
+                base.insert(k, v);
+            }
+        }
     }
 }

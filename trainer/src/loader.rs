@@ -13,8 +13,11 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use srcache_formats::{DType, Dataset};
+use srcache_formats::residual::bicubic_u8_into;
+use srcache_formats::{Codec, DType, Dataset, ResidualBase};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use tch::{Device, Kind, Tensor};
 
@@ -103,6 +106,10 @@ struct Field {
     norm: f32,
     /// What the batch tensor holds: the stored dtype, or f32 when converting on the CPU.
     out: Kind,
+    /// A residual_u8 tensor's base (lr position, h, w, s): decoded against B(lr) computed once per sample.
+    base: Option<ResidualBase>,
+    /// Stored with a codec (not zero-copy): what `cache_decoded` keeps.
+    coded: bool,
 }
 
 /// Which tensors to read and how to crop them; shared read-only by the workers.
@@ -136,6 +143,8 @@ pub struct Loader {
     threads: Vec<JoinHandle<()>>,
     next_global: u64,
     start_global: u64,
+    /// `cache_decoded`: shared by the workers and kept across `seek`.
+    decoded: Option<Arc<DecodedCache>>,
     pub experts: Vec<String>,
     pub feat_channels: Vec<usize>,
 }
@@ -170,7 +179,19 @@ impl Loader {
                 DType::BF16 if cfg.stored_dtype => Kind::BFloat16,
                 _ => Kind::Float,
             };
-            Ok(Field { pos, dtype: spec.dtype, shape: [spec.shape[0], spec.shape[1], spec.shape[2]], num: spec.shape[1], den: h.max(1), norm, out })
+            let base = if spec.codec.needs_base() { Some(schema.residual_base(pos).map_err(bad)?) } else { None };
+            let coded = spec.codec != Codec::Raw;
+            Ok(Field {
+                pos,
+                dtype: spec.dtype,
+                shape: [spec.shape[0], spec.shape[1], spec.shape[2]],
+                num: spec.shape[1],
+                den: h.max(1),
+                norm,
+                out,
+                base,
+                coded,
+            })
         };
         let mut lr = field("lr", 1)?;
         let (h, w) = (lr.shape[1], lr.shape[2]);
@@ -204,6 +225,8 @@ impl Loader {
             return Err(bad(format!("crop {crop} must be in 1..={} and a multiple of {align}", h.min(w))));
         }
         let plan = Arc::new(Plan { lr, hr, sr, feat, h, w, crop, align });
+        let n_fields = 2 + plan.sr.len() + plan.feat.len();
+        let decoded = cfg.cache_decoded.then(|| Arc::new(DecodedCache::new(ds.len(), n_fields, cfg.cache_decoded_mib)));
         let mut l = Self {
             ds,
             plan,
@@ -214,6 +237,7 @@ impl Loader {
             threads: Vec::new(),
             next_global: 0,
             start_global: 0,
+            decoded,
             experts,
             feat_channels,
         };
@@ -236,7 +260,14 @@ impl Loader {
         let workers = self.cfg.workers.max(1);
         for w in 0..workers {
             let (tx, rx) = bounded(self.cfg.prefetch.max(1));
-            let job = Job { ds: self.ds.clone(), plan: self.plan.clone(), cfg: self.cfg.clone(), indices: self.indices.clone(), bpe };
+            let job = Job {
+                ds: self.ds.clone(),
+                plan: self.plan.clone(),
+                cfg: self.cfg.clone(),
+                indices: self.indices.clone(),
+                bpe,
+                decoded: self.decoded.clone(),
+            };
             let first = g0 + w as u64;
             let step = workers as u64;
             // Named so profiles and debuggers can tell loader workers from the trainer's threads.
@@ -288,6 +319,61 @@ struct Job {
     cfg: LoaderConfig,
     indices: Arc<Vec<usize>>,
     bpe: u64,
+    decoded: Option<Arc<DecodedCache>>,
+}
+
+/// Decoded tensors of samples already read (`LoaderConfig::cache_decoded`), one slot per (sample, field),
+/// filled once and read by every worker; bytes are admitted while the budget lasts and never evicted, so
+/// a dataset larger than the budget keeps a fixed part decoded instead of thrashing.
+struct DecodedCache {
+    slots: Vec<OnceLock<Box<[u8]>>>,
+    n_fields: usize,
+    used: AtomicU64,
+    budget: u64,
+}
+
+impl DecodedCache {
+    fn new(samples: usize, n_fields: usize, mib: u64) -> Self {
+        Self {
+            slots: (0..samples * n_fields).map(|_| OnceLock::new()).collect(),
+            n_fields,
+            used: AtomicU64::new(0),
+            budget: mib.saturating_mul(1 << 20),
+        }
+    }
+
+    fn get(&self, sample: usize, field: usize) -> Option<&[u8]> {
+        self.slots.get(sample * self.n_fields + field)?.get().map(|b| &b[..])
+    }
+
+    /// Keeps a copy of `bytes` if the budget allows (racing workers may both try: one copy is kept).
+    fn offer(&self, sample: usize, field: usize, bytes: &[u8]) {
+        let Some(slot) = self.slots.get(sample * self.n_fields + field) else { return };
+        let n = bytes.len() as u64;
+        if slot.get().is_some() {
+            return;
+        }
+        if self.used.fetch_add(n, Ordering::Relaxed) + n > self.budget {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+            return;
+        }
+        if slot.set(bytes.into()).is_err() {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A worker's reused decode buffers.
+#[derive(Default)]
+struct Scratch {
+    /// The tensor being decoded.
+    tensor: Vec<u8>,
+    /// The transpose plane of `dihedral`.
+    transpose: Vec<u8>,
+    /// This sample's decoded lr, when lr is stored with a codec.
+    lr: Vec<u8>,
+    /// This sample's B(lr) for residual_u8 tensors, and the scale it was computed at.
+    up: Vec<u8>,
 }
 
 /// The epoch's sample order.
@@ -324,8 +410,7 @@ pub fn epoch_order(ds: &Dataset, indices: &[usize], mode: ShuffleMode, seed: u64
 impl Job {
     fn run(self, first: u64, step: u64, tx: Sender<Result<Batch>>) {
         let mut order: (u64, Vec<usize>) = (u64::MAX, Vec::new());
-        let mut scratch = Vec::new();
-        let mut tscratch = Vec::new();
+        let mut scratch = Scratch::default();
         let mut g = first;
         loop {
             let epoch = g / self.bpe;
@@ -335,7 +420,7 @@ impl Job {
             }
             let bs = self.cfg.batch_size;
             let slots = (b * bs..(b + 1) * bs).collect::<Vec<_>>();
-            let res = self.build(epoch, &slots, &order.1, &mut scratch, &mut tscratch);
+            let res = self.build(epoch, &slots, &order.1, &mut scratch);
             let failed = res.is_err();
             if tx.send(res).is_err() || failed {
                 return;
@@ -344,7 +429,7 @@ impl Job {
         }
     }
 
-    fn build(&self, epoch: u64, slots: &[usize], order: &[usize], scratch: &mut Vec<u8>, tscratch: &mut Vec<u8>) -> Result<Batch> {
+    fn build(&self, epoch: u64, slots: &[usize], order: &[usize], sc: &mut Scratch) -> Result<Batch> {
         let p = &*self.plan;
         let bs = slots.len();
         let c = p.crop;
@@ -370,16 +455,63 @@ impl Job {
             let d = if self.cfg.dihedral { rng.gen_range(0..8u8) } else { 0 };
             augs.push(Aug { y0, x0, crop: c, d });
             let (shard, i) = self.ds.sample(global)?;
-            for (f, t) in [(&p.lr, &lr), (&p.hr, &hr)].into_iter().chain(p.sr.iter().zip(&sr)).chain(p.feat.iter().zip(&feat)) {
-                let view = shard.tensor_at(i, f.pos)?;
-                let bytes: &[u8] = match view.raw()? {
-                    Some(b) => b,
-                    None => {
-                        scratch.resize(view.raw_len(), 0);
-                        view.decode_into(scratch)?;
-                        scratch
-                    }
+            // B(lr) is computed at most once per sample (at the scale of the first residual tensor that needs
+            // it), not once per expert; lr is decoded once, into `sc.lr`, and read from there by both.
+            let mut up_scale: Option<usize> = None;
+            let mut lr_decoded = false;
+            let fields = [(&p.lr, &lr), (&p.hr, &hr)].into_iter().chain(p.sr.iter().zip(&sr)).chain(p.feat.iter().zip(&feat));
+            for (k, (f, t)) in fields.enumerate() {
+                let sample_err = |why: String| TrainerError::Sample {
+                    sample: global as u64,
+                    tensor: self.ds.schema().map(|s| s.tensors[f.pos].name.clone()).unwrap_or_default(),
+                    why,
                 };
+                let view = shard.tensor_at(i, f.pos)?;
+                let cached = if f.coded { self.decoded.as_deref().and_then(|dc| dc.get(global, k)) } else { None };
+                let bytes: &[u8] = if let Some(b) = cached {
+                    b
+                } else if let Some(b) = view.raw()? {
+                    b
+                } else if k == 0 {
+                    sc.lr.resize(view.raw_len(), 0);
+                    view.decode_into(&mut sc.lr)?;
+                    lr_decoded = true;
+                    &sc.lr
+                } else if let Some(rb) = f.base {
+                    if up_scale != Some(rb.s) {
+                        let lrv = shard.tensor_at(i, rb.lr)?;
+                        let lr_bytes: &[u8] = match (self.decoded.as_deref().and_then(|dc| dc.get(global, 0)), lrv.raw()?) {
+                            (_, Some(b)) => b,
+                            (Some(b), None) => b,
+                            (None, None) => {
+                                if !lr_decoded {
+                                    sc.lr.resize(lrv.raw_len(), 0);
+                                    lrv.decode_into(&mut sc.lr)?;
+                                    lr_decoded = true;
+                                }
+                                &sc.lr
+                            }
+                        };
+                        if lr_bytes.len() != 3 * rb.h * rb.w {
+                            return Err(sample_err(format!("residual base lr is {} bytes, not 3x{}x{}", lr_bytes.len(), rb.h, rb.w)));
+                        }
+                        sc.up.resize(lr_bytes.len() * rb.s * rb.s, 0);
+                        bicubic_u8_into(lr_bytes, rb.h, rb.w, rb.s, &mut sc.up);
+                        up_scale = Some(rb.s);
+                    }
+                    sc.tensor.resize(view.raw_len(), 0);
+                    view.decode_into_upscaled(&sc.up, &mut sc.tensor)?;
+                    &sc.tensor
+                } else {
+                    sc.tensor.resize(view.raw_len(), 0);
+                    view.decode_into(&mut sc.tensor)?;
+                    &sc.tensor
+                };
+                if cached.is_none() && f.coded {
+                    if let Some(dc) = self.decoded.as_deref() {
+                        dc.offer(global, k, bytes);
+                    }
+                }
                 let side = c * f.num / f.den;
                 let per = f.shape[0] * side * side;
                 let es = f.out.elt_size_in_bytes();
@@ -388,6 +520,7 @@ impl Job {
                 let out: &mut [u8] = unsafe { std::slice::from_raw_parts_mut((t.data_ptr() as *mut u8).add(bi * per * es), per * es) };
                 let (fy0, fx0) = (y0 * f.num / f.den, x0 * f.num / f.den);
                 let crop = (fy0, fx0, side);
+                let tscratch = &mut sc.transpose;
                 let done = match f.out {
                     Kind::Float => {
                         // SAFETY: libtorch allocations are at least 64-byte aligned, so the f32 view is aligned.
@@ -397,17 +530,90 @@ impl Job {
                     _ if es == 1 => transform_copy::<1>(bytes, f.shape, crop, d, out, tscratch),
                     _ => transform_copy::<2>(bytes, f.shape, crop, d, out, tscratch),
                 };
-                done.map_err(|why| TrainerError::Sample {
-                    sample: global as u64,
-                    tensor: self.ds.schema().map(|s| s.tensors[f.pos].name.clone()).unwrap_or_default(),
-                    why,
-                })?;
+                done.map_err(sample_err)?;
             }
         }
         let batch = Batch { lr, hr, sr, feat, indices, aug: augs };
         match self.cfg.pin_device {
             Some(dev) if dev.is_cuda() => batch.try_map(|t| t.f_pin_memory(dev).ctx("pin batch")),
             _ => Ok(batch),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests: a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+    use crate::dihedral::transform_copy;
+    use half::f16;
+    use srcache_formats::{DatasetOptions, DatasetWriter, SampleMeta, Schema, TensorSpec};
+
+    /// A default-storage cache as `srcache cache` writes it (zstd lr/hr, u8 residual sr for two experts,
+    /// 8-bit and byte-shuffled f16 features), through the real encoders.
+    fn dataset(dir: &std::path::Path) -> Arc<Dataset> {
+        let (p, s) = (8usize, 4usize);
+        let hp = p * s;
+        let mut schema = Schema::new(vec![
+            TensorSpec::new("lr", DType::U8, &[3, p, p], Codec::ZSTD),
+            TensorSpec::new("hr", DType::U8, &[3, hp, hp], Codec::ZSTD),
+            TensorSpec::new("sr/a", DType::U8, &[3, hp, hp], Codec::RESIDUAL_U8),
+            TensorSpec::new("feat/a", DType::F16, &[5, p, p], Codec::AFFINE_U8_ZSTD),
+            TensorSpec::new("sr/b", DType::U8, &[3, hp, hp], Codec::RESIDUAL_U8),
+            TensorSpec::new("feat/b", DType::F16, &[3, p, p], Codec::SHUFFLE_ZSTD),
+        ]);
+        schema.attrs.insert("scale".into(), s.to_string());
+        let (mut w, _) = DatasetWriter::create_or_resume(dir, schema, DatasetOptions { target_shard_bytes: 2_000 }).unwrap();
+        for i in 0..6usize {
+            let lr: Vec<u8> = (0..3 * p * p).map(|k| ((k * 2654435761 + i * 977) >> 5) as u8 / 2 + (k % p * 12) as u8).collect();
+            let hr: Vec<u8> = (0..3 * hp * hp).map(|k| lr[k / (hp * hp) * p * p + k / hp % hp / s * p + k % hp / s]).collect();
+            let sr_a: Vec<u8> =
+                srcache_formats::residual::bicubic_u8(&lr, p, p, s).iter().enumerate().map(|(k, v)| v.wrapping_add((k % 5) as u8)).collect();
+            let feat = |c: usize, g: f32| -> Vec<u8> {
+                (0..c * p * p).flat_map(|k| f16::from_f32((k as f32 * 0.37 + i as f32).sin() * g).to_le_bytes()).collect()
+            };
+            let meta = SampleMeta { id: format!("s{i}"), ..Default::default() };
+            w.write(&meta, &[&lr, &hr, &sr_a, &feat(5, 3.0), &hr, &feat(3, 0.01)]).unwrap();
+        }
+        w.finish().unwrap();
+        Arc::new(Dataset::open(dir).unwrap())
+    }
+
+    #[test]
+    fn batches_hold_the_one_tensor_decode_cropped_and_transformed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = dataset(tmp.path());
+        assert!(ds.shards().len() > 1, "want several shards");
+        let mut scratch = Vec::new();
+        for (cache_decoded, mib) in [(false, 0), (true, 64), (true, 0)] {
+            let cfg = LoaderConfig { batch_size: 2, crop: Some(6), workers: 2, seed: 3, cache_decoded, cache_decoded_mib: mib, ..Default::default() };
+            let mut l = Loader::new(ds.clone(), (0..6).collect(), &cfg, LoaderPosition::default()).unwrap();
+            assert_eq!(l.experts, vec!["a", "b"]);
+            // Three epochs: the first decodes (and fills the decoded cache), the later ones read it.
+            for _ in 0..9 {
+                let b = l.next_batch().unwrap();
+                let named = [("lr", &b.lr), ("hr", &b.hr), ("sr/a", &b.sr[0]), ("sr/b", &b.sr[1]), ("feat/a", &b.feat[0]), ("feat/b", &b.feat[1])];
+                for (bi, (&g, aug)) in b.indices.iter().zip(&b.aug).enumerate() {
+                    let (shard, i) = ds.sample(g).unwrap();
+                    for (name, t) in named {
+                        let v = shard.tensor(i, name).unwrap();
+                        let whole = v.decode().unwrap();
+                        let spec = v.spec();
+                        let r = spec.shape[1] / 8;
+                        let (crop, side) = ((aug.y0 * r, aug.x0 * r, aug.crop * r), aug.crop * r);
+                        let es = spec.dtype.size_of();
+                        let mut want = vec![0u8; spec.shape[0] * side * side * es];
+                        let shape = [spec.shape[0], spec.shape[1], spec.shape[2]];
+                        match es {
+                            1 => transform_copy::<1>(&whole, shape, crop, aug.d, &mut want, &mut scratch).unwrap(),
+                            _ => transform_copy::<2>(&whole, shape, crop, aug.d, &mut want, &mut scratch).unwrap(),
+                        }
+                        let mut got = vec![0u8; want.len()];
+                        t.get(bi as i64).contiguous().copy_data_u8(&mut got, want.len() / es);
+                        assert_eq!(got, want, "cache_decoded {cache_decoded} ({mib} MiB): sample {g} {name} aug {aug:?}");
+                    }
+                }
+            }
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The fusion network: a small conv trunk over (bicubic lr, expert outputs, projected expert features) and a
-//! selectable head. Every head's output layer is zero-initialised and its base is the expert mean (gating,
-//! frequency) or one expert (delta), so step 0 reproduces that base exactly instead of starting from noise.
+//! selectable head. Every head's output layers are zero-initialised and its base is one expert
+//! (`delta_expert`, by default the best on the training data), so step 0 reproduces that expert exactly
+//! instead of the mean of all (which a weak expert such as bicubic drags down) or noise.
 
 use crate::config::{FusionConfig, Head};
 use crate::error::{Result, TorchCtx, TrainerError};
-use crate::ops::{haar_dwt, haar_idwt, laplacian, mean_of, Conv};
+use crate::ops::{haar_dwt, haar_idwt, laplacian, Conv};
 use srcache_experts::{Fuser, FusionSpec};
 use tch::{nn, Tensor};
 
@@ -107,7 +108,21 @@ impl Trunk {
 enum HeadImpl {
     Gating { gate: Conv, residual: Conv },
     Frequency { gate: Conv, residual: Conv },
-    Delta { expert: usize, residual: Conv },
+    Delta { residual: Conv },
+    Refine { gate: Conv, stack: Vec<Conv>, out: Conv },
+    Select { stack: Vec<Conv>, gate: Conv },
+}
+
+/// `base + Σ_e tanh(g_e)·(x_e − base)`: per-pixel moves from the base expert toward each other expert, by a
+/// gate in (−1, 1). With zero gates it is exactly `base` (and the gradient on each gate is `x_e − base`, so the
+/// experts that differ from the base are where learning starts); the base's own term is identically zero.
+fn toward(base: &Tensor, xs: &[Tensor], gates: &Tensor, first: i64) -> Result<Tensor> {
+    let mut out = base.shallow_clone();
+    for (i, x) in xs.iter().enumerate() {
+        let g = gates.f_narrow(1, first + i as i64, 1).ctx("gate")?.f_tanh().ctx("gate tanh")?;
+        out = out.f_add(&x.f_sub(base).ctx("toward diff")?.f_mul(&g).ctx("toward mul")?).ctx("toward add")?;
+    }
+    Ok(out)
 }
 
 /// Optional Laplacian edge refinement: sees the trunk features and the high-pass of the head's output.
@@ -138,6 +153,14 @@ pub struct FusionNet {
     trunk: Trunk,
     head: HeadImpl,
     edge: Option<EdgeRefine>,
+    /// Index of the expert every head starts from (`cfg.delta_expert`, resolved).
+    base: usize,
+}
+
+/// The index of `cfg.delta_expert` in `cfg.experts`. `"best"` must have been resolved against the training
+/// data (`train` does, and stores the name); a model built without data (tests, benchmarks) starts at the first.
+pub fn base_index(cfg: &FusionConfig) -> Result<usize> {
+    cfg.delta_expert.resolve(&cfg.experts, Some(0))
 }
 
 impl FusionNet {
@@ -146,22 +169,28 @@ impl FusionNet {
         if e == 0 {
             return Err(TrainerError::Config { what: "model.experts".into(), why: "at least one expert is needed".into() });
         }
-        if cfg.head == Head::Delta && cfg.delta_expert >= e {
-            return Err(TrainerError::Config { what: "model.delta_expert".into(), why: format!("{} but only {e} experts", cfg.delta_expert) });
-        }
+        let base = base_index(cfg)?;
         let trunk = Trunk::new(&(path / "trunk"), cfg);
         let hp = path / "head";
         let w = cfg.width;
+        let stack = |name: &str, cin: usize| -> Vec<Conv> {
+            (0..cfg.head_layers.max(1)).map(|i| Conv::new(&(&hp / format!("{name}{i}")), if i == 0 { cin } else { w }, w, 3)).collect()
+        };
+        // Every output layer is zero-initialised: step 0 reproduces the base expert exactly.
         let head = match cfg.head {
-            // Zero logits give a uniform softmax, zero residual: output == expert mean at step 0.
             Head::Gating => HeadImpl::Gating { gate: Conv::zeros(&(&hp / "gate"), w, e, 3), residual: Conv::zeros(&(&hp / "res"), w, 3, 3) },
             Head::Frequency => {
                 HeadImpl::Frequency { gate: Conv::zeros(&(&hp / "gate"), w + 12, 4 * e, 3), residual: Conv::zeros(&(&hp / "res"), w + 12, 12, 3) }
             }
-            Head::Delta => HeadImpl::Delta { expert: cfg.delta_expert, residual: Conv::zeros(&(&hp / "res"), w, 3, 3) },
+            Head::Delta => HeadImpl::Delta { residual: Conv::zeros(&(&hp / "res"), w, 3, 3) },
+            // The refiner sees the trunk features and the blended image, and owns `head_layers` convs of its own.
+            Head::Refine => {
+                HeadImpl::Refine { gate: Conv::zeros(&(&hp / "gate"), w, e, 3), stack: stack("r", w + 3), out: Conv::zeros(&(&hp / "out"), w, 3, 3) }
+            }
+            Head::Select => HeadImpl::Select { stack: stack("s", w), gate: Conv::zeros(&(&hp / "gate"), w, e, 3) },
         };
         let edge = cfg.edge_refine.then(|| EdgeRefine::new(&(path / "edge"), cfg));
-        Ok(Self { cfg: cfg.clone(), spec: spec_of(cfg), trunk, head, edge })
+        Ok(Self { cfg: cfg.clone(), spec: spec_of(cfg), trunk, head, edge, base })
     }
 
     pub fn feat_inputs(&self) -> usize {
@@ -172,12 +201,11 @@ impl FusionNet {
         self.trunk.head.w.device()
     }
 
-    /// The image the head starts from (and reproduces exactly at step 0).
+    /// The image the head starts from (and reproduces exactly at step 0): the base expert's output.
     pub fn base(&self, srs: &[Tensor]) -> Result<Tensor> {
-        match &self.head {
-            HeadImpl::Delta { expert, .. } => Ok(srs[*expert].shallow_clone()),
-            _ => mean_of(srs),
-        }
+        srs.get(self.base)
+            .map(Tensor::shallow_clone)
+            .ok_or_else(|| TrainerError::Config { what: "fusion inputs".into(), why: format!("no output for base expert #{}", self.base) })
     }
 
     /// lr_up: bicubic-upsampled lr [B,3,H,W]; srs: one [B,3,H,W] per expert; feats: one per expert with
@@ -190,18 +218,15 @@ impl FusionNet {
         }
         let f = self.trunk.forward(lr_up, srs, feats)?;
         let base = self.base(srs)?;
-        let inv = 1.0 / e as f64;
-        let out = match &self.head {
-            HeadImpl::Gating { gate, residual } => {
-                // base + Σ (w_e − 1/E)·sr_e equals Σ w_e·sr_e, but is bit-exactly the mean when w is uniform.
-                let w = gate.forward(&f)?.f_softmax(1, None).ctx("gate softmax")?;
-                let mut out = base.f_add(&residual.forward(&f)?).ctx("residual")?;
-                for (i, sr) in srs.iter().enumerate() {
-                    let wi = w.f_narrow(1, i as i64, 1)?.f_sub_scalar(inv).ctx("gate")?;
-                    out = out.f_add(&sr.f_mul(&wi).ctx("gate mul")?).ctx("gate add")?;
-                }
-                out
+        let run = |stack: &[Conv], x: Tensor| -> Result<Tensor> {
+            let mut y = x;
+            for c in stack {
+                y = lrelu(&c.forward(&y)?)?;
             }
+            Ok(y)
+        };
+        let out = match &self.head {
+            HeadImpl::Gating { gate, residual } => toward(&base, srs, &gate.forward(&f)?, 0)?.f_add(&residual.forward(&f)?).ctx("residual")?,
             HeadImpl::Frequency { gate, residual } => {
                 let bands: Vec<[Tensor; 4]> = srs.iter().map(haar_dwt).collect::<Result<_>>()?;
                 let mb = haar_dwt(&base)?;
@@ -210,19 +235,23 @@ impl FusionNet {
                 let logits = gate.forward(&x)?;
                 let res = residual.forward(&x)?;
                 let mut corr: Vec<Tensor> = Vec::with_capacity(4);
-                for k in 0..4 {
-                    let w = logits.f_narrow(1, (k * e) as i64, e as i64)?.f_softmax(1, None).ctx("band softmax")?;
-                    let mut c = res.f_narrow(1, (3 * k) as i64, 3).ctx("band residual")?;
-                    for (i, b) in bands.iter().enumerate() {
-                        let wi = w.f_narrow(1, i as i64, 1)?.f_sub_scalar(inv).ctx("band gate")?;
-                        c = c.f_add(&b[k].f_mul(&wi).ctx("band mul")?).ctx("band add")?;
-                    }
-                    corr.push(c);
+                for (k, mbk) in mb.iter().enumerate() {
+                    // Each band moves from the base expert's band toward the others' (the base's band added back
+                    // below, through the inverse transform of `base`).
+                    let xs: Vec<Tensor> = bands.iter().map(|b| b[k].shallow_clone()).collect();
+                    let moved = toward(mbk, &xs, &logits, (k * e) as i64)?.f_sub(mbk).ctx("band move")?;
+                    corr.push(moved.f_add(&res.f_narrow(1, (3 * k) as i64, 3).ctx("band residual")?).ctx("band add")?);
                 }
                 let corr: [Tensor; 4] = [corr.remove(0), corr.remove(0), corr.remove(0), corr.remove(0)];
                 base.f_add(&haar_idwt(&corr)?).ctx("freq add")?
             }
-            HeadImpl::Delta { residual, .. } => base.f_add(&residual.forward(&f)?).ctx("delta add")?,
+            HeadImpl::Delta { residual } => base.f_add(&residual.forward(&f)?).ctx("delta add")?,
+            HeadImpl::Refine { gate, stack, out } => {
+                let blend = toward(&base, srs, &gate.forward(&f)?, 0)?;
+                let x = Tensor::f_cat(&[f.shallow_clone(), blend.shallow_clone()], 1).ctx("refine concat")?;
+                blend.f_add(&out.forward(&run(stack, x)?)?).ctx("refine add")?
+            }
+            HeadImpl::Select { stack, gate } => toward(&base, srs, &gate.forward(&run(stack, f.shallow_clone())?)?, 0)?,
         };
         match &self.edge {
             Some(edge) => edge.forward(&f, &out),

@@ -175,6 +175,11 @@ impl Trainer {
         // The PCA bases come from the dataset, not the saved config.
         let mut saved = st.config.model.clone();
         saved.feat_pca = self.cfg.model.feat_pca.clone();
+        // The base expert is compared by what it resolves to: a checkpoint names it, a config may say "best" (or an
+        // index), and a trainer built without the data starts "best" at the first expert.
+        if crate::model::base_index(&saved).ok() == crate::model::base_index(&self.cfg.model).ok() {
+            saved.delta_expert = self.cfg.model.delta_expert.clone();
+        }
         if saved != self.cfg.model {
             return Err(TrainerError::Checkpoint { path: dir, why: "model config differs from the checkpoint's".into() });
         }
@@ -198,23 +203,91 @@ pub struct TrainSummary {
     pub run_dir: PathBuf,
     pub exported: Option<PathBuf>,
     pub samples_per_s: f64,
+    /// The split by source image (also in `split.json`).
+    pub split: Split,
+    /// The expert the head started from.
+    pub base_expert: String,
+    /// The last validation's "fused − best expert" margin on its primary tables (full images when `val_dirs`
+    /// are given, else held-out samples): (what it was measured on, best expert, dB).
+    pub margin: Option<(String, String, f64)>,
 }
 
-/// Splits sample indices by source image: a source is held out when its hash falls under `fraction`.
+/// Splits sample indices by source image (the manifest's `source`, the HR file's path relative to the
+/// input root, so moving or copying a dataset keeps its split). Sources are ranked by a seeded hash of that key
+/// and the first `round(fraction · sources)` are held out — at least one when `fraction > 0` and there are two
+/// or more sources, so a small dataset never silently validates on nothing. Returns (train, validation).
 pub fn split_by_source(ds: &Dataset, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let (mut tr, mut va) = (Vec::new(), Vec::new());
-    for (i, row) in ds.manifest().iter().enumerate() {
-        let h = xx(row.source.as_bytes(), seed);
-        if ((h % 10_000) as f64) < fraction * 10_000.0 {
-            va.push(i);
-        } else {
-            tr.push(i);
+    let s = Split::of(ds, fraction, seed);
+    (s.train, s.val)
+}
+
+/// A train/validation split by source image, with the sources named (`split.json` in the run directory).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Split {
+    pub fraction: f64,
+    pub seed: u64,
+    /// Held-out source images (manifest `source`), sorted.
+    pub held_out: Vec<String>,
+    /// Training source images, sorted.
+    pub train_sources: Vec<String>,
+    #[serde(skip)]
+    pub train: Vec<usize>,
+    #[serde(skip)]
+    pub val: Vec<usize>,
+}
+
+/// The run's split record, next to its checkpoints.
+pub const SPLIT_FILE: &str = "split.json";
+
+impl Split {
+    pub fn of(ds: &Dataset, fraction: f64, seed: u64) -> Split {
+        let rows = ds.manifest();
+        let mut sources: Vec<&str> = rows.iter().map(|r| r.source.as_str()).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        let n = sources.len();
+        // One source, or none asked for: nothing held out (training needs at least one source).
+        let k = if fraction > 0.0 && n >= 2 { ((fraction * n as f64).round() as usize).clamp(1, n - 1) } else { 0 };
+        let mut ranked = sources.clone();
+        ranked.sort_by_key(|src| (xx(src.as_bytes(), seed), *src));
+        let mut held: Vec<String> = ranked[..k.min(n)].iter().map(|s| s.to_string()).collect();
+        held.sort();
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        for (i, row) in rows.iter().enumerate() {
+            match held.binary_search_by(|h| h.as_str().cmp(row.source.as_str())) {
+                Ok(_) => val.push(i),
+                Err(_) => train.push(i),
+            }
+        }
+        let train_sources = sources.iter().filter(|s| held.binary_search_by(|h| h.as_str().cmp(**s)).is_err()).map(|s| s.to_string()).collect();
+        Split { fraction, seed, held_out: held, train_sources, train, val }
+    }
+}
+
+/// Mean manifest PSNR of each of `experts` over the samples `idx` (None for an expert with no PSNR there).
+pub fn mean_psnr(ds: &Dataset, idx: &[usize], experts: &[String]) -> Vec<Option<f64>> {
+    let rows = ds.manifest();
+    experts
+        .iter()
+        .map(|e| {
+            let v: Vec<f64> = idx.iter().filter_map(|&i| rows.get(i)?.psnr.get(e).map(|&p| p as f64)).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        })
+        .collect()
+}
+
+/// The index of the expert with the highest mean manifest PSNR over `idx` (ties: the first by name).
+pub fn best_expert(ds: &Dataset, idx: &[usize], experts: &[String]) -> Option<usize> {
+    let m = mean_psnr(ds, idx, experts);
+    let mut best: Option<(usize, f64)> = None;
+    for (i, p) in m.into_iter().enumerate() {
+        if let Some(p) = p {
+            if best.is_none_or(|(_, b)| p > b) {
+                best = Some((i, p));
+            }
         }
     }
-    if tr.is_empty() {
-        std::mem::swap(&mut tr, &mut va);
-    }
-    (tr, va)
+    best.map(|(i, _)| i)
 }
 
 fn xx(b: &[u8], seed: u64) -> u64 {
@@ -246,7 +319,8 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     // Held until the run ends: a second `train` into the same run directory is refused, not interleaved.
     let _lock = claim_run_dir(run, resume)?;
     let mut cfg = cfg.clone();
-    let (train_idx, val_idx) = split_by_source(&ds, cfg.val_fraction, cfg.seed);
+    let split = Split::of(&ds, cfg.val_fraction, cfg.seed);
+    let (train_idx, val_idx) = (split.train.clone(), split.val.clone());
     let mut lcfg = cfg.loader.clone();
     if device.is_cuda() {
         lcfg.pin_device = Some(device);
@@ -254,6 +328,12 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     let mut loader = Loader::new(ds.clone(), train_idx.clone(), &lcfg, LoaderPosition::default())?;
     cfg.model.experts = loader.experts.clone();
     cfg.model.feat_channels = loader.feat_channels.clone();
+    // The expert the heads start from, by name: "best" is resolved here on the training samples' PSNR (the
+    // manifest's), and the config saved with the run names it, so a resume or an export starts from the same one.
+    let best = best_expert(&ds, &train_idx, &cfg.model.experts);
+    let base = cfg.model.delta_expert.resolve(&cfg.model.experts, best.or(Some(0)))?;
+    let base_name = cfg.model.experts[base].clone();
+    cfg.model.delta_expert = crate::config::ExpertRef::Name(base_name.clone());
     // Features cached as PCA coefficients: the model trains on them; validation projects full images' features
     // the same way, and the export folds the basis into the model.
     let schema = ds.schema().cloned().unwrap_or_default();
@@ -283,6 +363,8 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     let cfg_text = toml::to_string(&cfg).map_err(|e| TrainerError::Config { what: "train config".into(), why: e.to_string() })?;
     srcache_formats::write_atomic(&run.join("config.toml"), cfg_text.as_bytes())?;
     identity.save(run)?;
+    let split_json = serde_json::to_vec_pretty(&split).map_err(|e| TrainerError::Config { what: SPLIT_FILE.into(), why: e.to_string() })?;
+    srcache_formats::write_atomic(&run.join(SPLIT_FILE), &split_json)?;
     let mut csv = MetricsCsv::open(run, resume_step)?;
     let mut pq = MetricsParquet::open(run, resume_step)?;
     let mut tb = if cfg.tensorboard { Some(EventWriter::create(&run.join(TB_DIR), resume_step)?) } else { None };
@@ -300,6 +382,8 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     // checkpoint time out, so full-image validations do not show up as dips in steps/s.
     let mut window = (0.0f64, 0u64, 0usize);
     let mut total_samples = 0usize;
+    // Training time (steps only): what `time_limit_s` bounds.
+    let mut train_s = 0.0f64;
     // Without a held-out source (a split of very few images) the model is still scored, on training samples.
     let (score_idx, score_source) = if val_idx.is_empty() {
         // The first samples in dataset order, so every validation scores the same ones.
@@ -332,7 +416,9 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
         window.0 += dt_step;
         window.1 += 1;
         window.2 += out.samples;
-        let last = tr.step == cfg.steps;
+        train_s += dt_step;
+        // A time budget ends the run at this step as if it were the last one: validated, checkpointed, exported.
+        let last = tr.step == cfg.steps || (cfg.time_limit_s > 0.0 && train_s >= cfg.time_limit_s);
         let mut row = Row { step: out.step, loss: out.loss, parts: out.parts.clone(), lr: out.lr, grad_norm: out.grad_norm, ..Default::default() };
         let has_val = !score_idx.is_empty() || full_val.is_some();
         let do_val = has_val && (last || (cfg.val_every > 0 && tr.step % cfg.val_every == 0));
@@ -390,6 +476,9 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
             checkpoint::prune(run, &tr.best, tr.step)?;
             pq.flush()?;
         }
+        if last {
+            break;
+        }
     }
     drop(csv);
     pq.flush()?;
@@ -405,6 +494,7 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     } else {
         None
     };
+    let margin = report.as_ref().and_then(ValReport::margin);
     Ok(TrainSummary {
         steps: tr.step,
         final_loss: last_loss,
@@ -414,13 +504,17 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
         run_dir: run.to_path_buf(),
         exported,
         samples_per_s: total_samples as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+        split,
+        base_expert: base_name,
+        margin,
     })
 }
 
 /// Files a training run writes into its directory.
-pub const RUN_FILES: [&str; 14] = [
+pub const RUN_FILES: [&str; 15] = [
     "config.toml",
     DATA_FILE,
+    SPLIT_FILE,
     "metrics.csv",
     "metrics.parquet",
     "curves.png",
@@ -521,31 +615,32 @@ pub fn val_scalars(r: &ValReport) -> Vec<(String, f64)> {
 /// A new run needs a new or empty directory; an existing run is only continued with `resume` (starting over
 /// means deleting it yourself: training never deletes checkpoints it was not asked to replace). A directory
 /// holding anything else is refused, so a typo cannot scatter a run into a folder of other files.
-fn claim_run_dir(run: &Path, resume: bool) -> Result<std::fs::File> {
-    let refuse = |why: String| Err(TrainerError::RunDir { path: run.to_path_buf(), why });
-    let entries: Vec<String> = match std::fs::read_dir(run) {
-        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(TrainerError::Io { path: run.to_path_buf(), source: e }),
+fn claim_run_dir(run: &Path, resume: bool) -> Result<srcache_formats::OwnedDir> {
+    use srcache_formats::{DirState, FormatError, Lock, Ownership};
+    /// What a run owns in its directory; locked on the directory itself (no lock file among the run's files).
+    const RUN: Ownership = Ownership {
+        what: "training run",
+        choose: "run directory",
+        files: &RUN_FILES,
+        dirs: &[TB_DIR, "ckpt"],
+        dataset: false,
+        parts: None,
+        lock: Lock::Folder,
     };
-    let ours = |n: &String| RUN_FILES.contains(&n.as_str()) || srcache_formats::atomic::is_own_temp(n, None);
-    if let Some(other) = entries.iter().find(|n| !ours(n)) {
-        return refuse(format!("holds {other:?}, which is not a training run's file; choose a new or empty run directory"));
-    }
-    if !entries.is_empty() && !resume {
-        return refuse("already holds a training run: add --resume to continue it, or choose a new run directory (nothing was changed)".into());
-    }
-    std::fs::create_dir_all(run).map_err(io_err(run))?;
-    // An flock on the directory itself (no lock file among the run's files).
-    let lock = std::fs::File::open(run).map_err(io_err(run))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(TrainerError::RunDir {
+    // Refusals keep the trainer's own "run directory <path>: ..." form.
+    let run_dir = |e: FormatError| match e {
+        FormatError::Owned(o) if !matches!(o, srcache_formats::OwnedError::Io { .. }) => {
+            TrainerError::RunDir { path: o.path().to_path_buf(), why: o.reason() }
+        }
+        e => e.into(),
+    };
+    if RUN.state(run).map_err(run_dir)? == DirState::Ours && !resume {
+        return Err(TrainerError::RunDir {
             path: run.to_path_buf(),
-            why: "another srcache train is writing this run (its lock is held); wait for it or stop it".into(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(TrainerError::Io { path: run.to_path_buf(), source: e }),
+            why: "already holds a training run: add --resume to continue it, or choose a new run directory (nothing was changed)".into(),
+        });
     }
+    RUN.claim(run).map_err(run_dir)
 }
 
 /// Deletes a training run's own files (and the directory when that empties it); refuses a directory holding

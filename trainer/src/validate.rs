@@ -117,6 +117,27 @@ impl ValReport {
     }
 }
 
+impl ValReport {
+    /// "fused − best expert" on the primary tables (full images when there are any: the figure a paper
+    /// reports; else held-out samples): (what it was measured on, the best expert's name, dB).
+    pub fn margin(&self) -> Option<(String, String, f64)> {
+        let tables = self.primary();
+        let first = tables.first()?;
+        let best = self.best_expert_psnr()?;
+        let n = first.rows.len().saturating_sub(2);
+        let name = (1..=n)
+            .find(|&k| {
+                let v: Vec<f64> = tables.iter().filter_map(|t| t.rows.get(k).map(|r| r.psnr)).collect();
+                v.len() == tables.len() && (v.iter().sum::<f64>() / v.len() as f64 - best).abs() < 1e-12
+            })
+            .and_then(|k| first.rows.get(k))
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        let on = if self.full.is_empty() { first.source.clone() } else { tables.iter().map(|t| t.source.as_str()).collect::<Vec<_>>().join(", ") };
+        Some((on, name, self.psnr()? - best))
+    }
+}
+
 impl std::fmt::Display for ValReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "validation at step {}", self.step)?;
@@ -143,6 +164,9 @@ pub(crate) fn eval_loader_config(model: &FusionNet, cfg: &TrainConfig, batch_siz
         stored_dtype: cfg.loader.stored_dtype,
         // A few batches per validation: pinning would cost more than the copies it speeds up.
         pin_device: None,
+        // Read once per validation: nothing for a decoded cache to save.
+        cache_decoded: false,
+        cache_decoded_mib: 0,
     }
 }
 
@@ -217,7 +241,7 @@ impl FullImageVal {
         let tile = if cfg.val_tile > 0 { cfg.val_tile } else { patch.unwrap_or(64) };
         let tiling = Tiling { tile: tile as i64, overlap: cfg.val_tile_overlap as i64 };
         let sources = srcache_experts::sources_from_dataset(ds, &model.experts)?;
-        let stack = SrStack::load(&sources, scale, cfg.device()?, tiling, patch.map(|p| p as usize))?;
+        let stack = SrStack::assemble(sources, Some(ds), Some(scale), cfg.device()?, tiling)?;
         let want = crate::model::wants_feat(model);
         let mut dirs = Vec::new();
         let mut skipped = Vec::new();

@@ -15,7 +15,7 @@ fn psnr_and_ssim_match_scikit_image_on_real_photos() {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut cases = Vec::new();
     for name in ["chelsea", "coffee", "rocket"] {
-        let img = image::open(workspace().join(format!("tests/data/photos/{name}.png"))).expect("photo").to_rgb8();
+        let img = image::open(workspace().join(format!("ingest/assets/photos/{name}.png"))).expect("photo").to_rgb8();
         let img = image::imageops::crop_imm(&img, 0, 0, 200.min(img.width()), 160.min(img.height())).to_image();
         // A realistic "SR output": down x4 then up x4 (the image crate's filters, independent of both sides).
         let (w, h) = img.dimensions();

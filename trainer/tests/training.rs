@@ -39,16 +39,25 @@ fn every_head_starts_exactly_at_its_base() {
     let srs: Vec<Tensor> = (0..3).map(|_| Tensor::rand([b, 3, h, h], (Kind::Float, Device::Cpu))).collect();
     let feats = vec![Tensor::rand([b, 4, h / 2, h / 2], (Kind::Float, Device::Cpu)), Tensor::rand([b, 6, h / 2, h / 2], (Kind::Float, Device::Cpu))];
     let lr_up = Tensor::rand([b, 3, h, h], (Kind::Float, Device::Cpu));
-    let mean = (&srs[0] + &srs[1] + &srs[2]) / 3.0;
-    for (head, edge) in [(Head::Gating, false), (Head::Gating, true), (Head::Frequency, false), (Head::Delta, false), (Head::Delta, true)] {
+    // Every head starts at its base expert (delta_expert), not at the mean of all.
+    let heads = [
+        (Head::Gating, false),
+        (Head::Gating, true),
+        (Head::Frequency, false),
+        (Head::Delta, false),
+        (Head::Delta, true),
+        (Head::Refine, false),
+        (Head::Select, false),
+    ];
+    for (head, edge) in heads {
         let mut cfg = tiny_cfg().model;
         cfg.head = head;
         cfg.edge_refine = edge;
-        cfg.delta_expert = 2;
+        cfg.delta_expert = 2.into();
         let vs = VarStore::new(Device::Cpu);
         let m = FusionNet::new(&vs.root(), &cfg).expect("model");
         let out = m.forward(&lr_up, &srs, &feats).expect("forward");
-        let want = if head == Head::Delta { &srs[2] } else { &mean };
+        let want = &srs[2];
         let diff = (&out - want).abs().max().double_value(&[]);
         assert_eq!(diff, 0.0, "{head:?} edge={edge}: step-0 output differs from its base by {diff}");
         // And the model is not degenerate: it has trainable parameters that reach the output.

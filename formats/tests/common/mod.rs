@@ -1,4 +1,4 @@
-//! Real test photos (tests/data/photos, scikit-image sample data) as CHW u8, and the stand-ins for SR
+//! Real test photos (ingest/assets/photos, scikit-image sample data) as CHW u8, and the stand-ins for SR
 //! experts the residual tests use.
 
 #![allow(dead_code, reason = "each test crate uses a subset")]
@@ -12,7 +12,7 @@ pub fn workspace() -> PathBuf {
 
 /// A photo as CHW u8 with its height and width.
 pub fn photo(name: &str) -> (Vec<u8>, usize, usize) {
-    let img = image::open(workspace().join("tests/data/photos").join(name)).unwrap().to_rgb8();
+    let img = image::open(workspace().join("ingest/assets/photos").join(name)).unwrap().to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut chw = vec![0u8; 3 * h * w];
     for (i, p) in img.pixels().enumerate() {

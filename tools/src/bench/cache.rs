@@ -24,6 +24,10 @@ pub struct BenchCacheArgs {
     pub scale: u32,
     #[arg(long, default_value_t = 32)]
     pub patch: u32,
+    /// LR context each side of a patch, as `srcache cache --halo` [default: 8]; the forward-only baseline runs
+    /// the same windows (patch + 2·halo).
+    #[arg(long)]
+    pub halo: Option<u32>,
     /// Experts as in `srcache cache` (default: the three built-ins).
     #[arg(long = "expert")]
     pub experts: Vec<String>,
@@ -70,6 +74,7 @@ pub fn run(a: BenchCacheArgs) -> anyhow::Result<()> {
         scale: Some(a.scale),
         patch: Some(a.patch),
         stride: a.stride,
+        halo: a.halo,
         variants: Vec::new(),
         experts,
         out: Some(out.clone()),

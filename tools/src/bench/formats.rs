@@ -61,7 +61,7 @@ pub fn run(a: BenchFormatsArgs) -> Result<()> {
     let t0 = Instant::now();
     let samples = make_samples(a.samples, a.channels)?;
     println!(
-        "srcache bench formats: {} samples from tests/data/photos; sr-like = f16 [3,{HR},{HR}] (MATLAB-bicubic x{SCALE} down, \
+        "srcache bench formats: {} samples from the built-in photos; sr-like = f16 [3,{HR},{HR}] (MATLAB-bicubic x{SCALE} down, \
          unrounded bicubic up, {EXPERTS} 'experts' blending toward HR); features = f16 [{},{LR},{LR}] from a RANDOM-INIT conv net \
          (conv3x3 3->64, relu, conv3x3 64->{}) on the LR patches; 1 thread; content built in {:.1}s",
         a.samples,

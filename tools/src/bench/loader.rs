@@ -1,9 +1,10 @@
-//! `srcache bench loader`: shard loader vs one-fp32-archive-per-sample baseline (goal >= 5x), and training step
-//! time fed by the loader vs in-memory batches (goal <= 1.05x), in one run.
+//! `srcache bench loader`: shard loader vs one-fp32-archive-per-sample baseline (goal >= 5x), vs a seed-style
+//! serial reader and LitData's figure (goal >= 3x), its first epoch (goal >= 2x), and training step time fed by
+//! the loader vs in-memory batches (goal <= 1.05x), in one run, on a real cache storage preset.
 
 use std::path::PathBuf;
 
-use super::loader_lib::{self as bench, LoaderBenchConfig};
+use super::loader_lib::{self as bench, BenchStorage, LoaderBenchConfig};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -24,9 +25,23 @@ pub struct BenchLoaderArgs {
     /// Random sub-crop side in LR pixels (default: the whole 64x64 patch).
     #[arg(long)]
     pub crop: Option<u32>,
-    /// Store sr/feat zstd-compressed (byte-shuffled) instead of raw.
+    /// How the shards store their tensors: `default` (the cache's default: u8 residual sr, f16 shuffle+zstd
+    /// features, zstd lr/hr), `lossless`, `compact` (sr-u8+pca-16), `raw` (every tensor raw), `zstd` (f16
+    /// sr/feat shuffle+zstd, lr/hr raw), or any `bench fidelity` variant name with a PCA count.
+    #[arg(long, default_value = "raw")]
+    pub storage: BenchStorage,
+    /// Same as `--storage zstd` (kept for older scripts).
     #[arg(long)]
     pub zstd: bool,
+    /// Timed rounds of each side, interleaved (best kept): more on a loaded machine.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Also time the loader with `loader.cache_decoded` (decoded samples kept in RAM from the second epoch).
+    #[arg(long)]
+    pub cache_decoded: bool,
+    /// Print a one-thread breakdown of a sample's read time by stage.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long, default_value_t = 12)]
     pub train_steps: usize,
     /// Device of the training-step comparison: `cpu`, `cuda:0` (the trainer pins batches and copies them
@@ -60,12 +75,13 @@ pub fn run(a: BenchLoaderArgs) -> anyhow::Result<()> {
         train_device: a.device.clone(),
         train_batch: a.train_batch,
         train_crop: a.train_crop,
+        storage: if a.zstd { BenchStorage::Zstd } else { a.storage.clone() },
+        rounds: a.rounds,
+        cache_decoded: a.cache_decoded,
+        profile: a.profile,
         ..Default::default()
     };
     cfg.dir = scratch.path().to_path_buf();
-    if a.zstd {
-        cfg.codec = srcache_formats::Codec::ShuffleZstd { level: 1 };
-    }
     let report = bench::run(&cfg, &mut |m| eprintln!("{m}"))?;
     println!("{report}");
     if let Some(p) = &a.json {

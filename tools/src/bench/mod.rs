@@ -6,6 +6,7 @@ use clap::Subcommand;
 mod cache;
 mod fidelity;
 mod formats;
+mod fusion;
 mod ingest;
 mod loader;
 mod loader_lib;
@@ -50,6 +51,9 @@ pub enum Bench {
     Fidelity(fidelity::BenchFidelityArgs),
     /// The same real patches through each expert on a device and on the CPU: fp32 max |diff|, fp16 PSNR.
     Parity(parity::BenchParityArgs),
+    /// Each fusion preset trained on one cache under one budget: eval table with the baselines, each preset's
+    /// gain over the best expert and over its ×8 self-ensemble, training wall time and samples/s.
+    Fusion(fusion::BenchFusionArgs),
     /// Per-codec encode/decode GB/s and ratio on real-photo content; shard vs one fp32 archive per sample.
     Formats(formats::BenchFormatsArgs),
 }
@@ -63,5 +67,6 @@ pub fn run(b: Bench) -> anyhow::Result<()> {
         Bench::Formats(a) => formats::run(a),
         Bench::Parity(a) => parity::run(a),
         Bench::Fidelity(a) => fidelity::run(a),
+        Bench::Fusion(a) => fusion::run(a),
     }
 }

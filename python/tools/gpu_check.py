@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The GPU check of srcache (issue #11), run by scripts/gpu-check.sh on a CUDA machine in one go.
 
-    python python/gpu_check.py OUTDIR --bin SRCACHE_BIN [--device cuda:0] [--quick]
+    python python/tools/gpu_check.py OUTDIR --bin SRCACHE_BIN [--device cuda:0] [--quick] [--pt2-wait S]
 
 Needs only torch (CUDA build) and the stdlib: the experts are made here with random weights
-(python/gpu_archs.py, plain PyTorch), the srcache binary runs against this torch's lib/ (the wrapper sets
+(python/tools/gpu_archs.py, plain PyTorch), the srcache binary runs against this torch's lib/ (the wrapper sets
 LD_LIBRARY_PATH). Every check records its figures and a pass/fail in OUTDIR/report.json and OUTDIR/report.md;
 the exit status is non-zero if any check fails. `--device cpu --quick` runs the same checks on the CPU at
 small sizes, which is how the script itself is tested on machines without a GPU (the figures then mean
@@ -22,8 +22,20 @@ Checks:
                 shuffle_zstd shards and raw shards
   train-resume  train --device D with amp, then --resume: the loss curve continues
   eval          eval of that run on D within 0.01 dB of the same eval on the CPU
+  pt2           the same RRDB and SwinIR as AOTInductor packages (.pt2, torch.export with dynamic batch and
+                size) compiled for D in fp32, fp16 and bf16 (python/tools/make_gpu_experts.py --pt2): through
+                srcache against the CPU's TorchScript f32 (fp32 max|diff| <= 1e-3, fp16 PSNR >= 45 dB, bf16
+                PSNR recorded without a bar), forward timed beside the TorchScript expert (fp32 and fp16
+                autocast) and, in Python, beside eager PyTorch at the package's dtype; export + compile times.
+                The compiles run niced in the background from the oom check on, so they overlap the other
+                checks; a package not compiled within --pt2-wait seconds after the last other check is
+                skipped, with a note. On the CPU (--quick) the packages are the tiny widths (gpu_archs.TINY),
+                fp32 and bf16 (the fp16 and CUDA packages: "skipped: no CUDA").
+
+The oom check runs right after the experts are made, before the background compiles hold any device memory.
 """
 import argparse
+import atexit
 import csv
 import json
 import os
@@ -34,8 +46,8 @@ import sys
 import time
 import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
+HERE = os.path.dirname(os.path.abspath(__file__))  # python/tools
+REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 
@@ -109,6 +121,9 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--quick", action="store_true", help="small sizes (testing the script on a CPU)")
+    ap.add_argument("--pt2-wait", type=float, default=None,
+                    help="seconds the pt2 check waits for unfinished compiles after the other checks (default 150 on "
+                         "a GPU, 600 with --quick)")
     args = ap.parse_args()
     os.makedirs(args.outdir, exist_ok=True)
     r = Runner(args)
@@ -153,13 +168,36 @@ def main():
     rrdb, swinir, memhog = (os.path.join(experts_dir, n) for n in ("rrdb.pt", "swinir.pt", "memhog.pt"))
     pair = ["--expert", f"rrdb={rrdb}", "--expert", f"swinir={swinir}"]
 
+    photos = os.path.join(REPO, "ingest", "assets", "photos")
+
+    def oom(c):
+        out = os.path.join(work, "oom")
+        p = r.srcache("cache", "--hr", photos, "--scale", 4, "--patch", patch, "--out", out, "--quiet", "--batch", 64,
+                      "--expert", f"hog={memhog}", "--devices", args.device, check=False, timeout=900)
+        msgs = [l for l in (p.stdout + p.stderr).splitlines() if "out of memory" in l]
+        c.figures = {"exit": p.returncode, "messages": msgs[:6]}
+        if not cuda:
+            c.notes.append("not applicable on the CPU (nothing runs out of memory at this size)")
+            c.ok = p.returncode == 0
+        elif p.returncode != 0 or not any("retrying with batch" in m for m in msgs):
+            c.ok = False
+            c.notes.append("expected a completed run with 'retrying with batch' messages")
+
+    r.run("oom", oom)
+
+    try:
+        pt2_jobs = start_pt2(r, experts_dir, patch, cuda, q)
+    except Exception as e:  # reported by the pt2 check at the end; the other checks still run
+        pt2_jobs = {"t0": time.time(), "procs": [], "skipped": [], "error": f"could not start the compiles: {e}"}
+    atexit.register(stop_pt2, pt2_jobs)  # never leave a compile running, whatever happens below
+
     def parity(c):
         js = os.path.join(work, "parity.json")
         r.srcache("bench", "parity", *pair, "--device", args.device, "--patch", patch, "--patches", 4 if q else 8, "--json", js)
         for e in read_json(js)["experts"]:
             c.figures[e["expert"]] = {"fp32_max_abs": e["fp32_max_abs_diff_sr"], "feat_max_abs": e["fp32_max_abs_diff_feat"],
                                       "fp16_psnr_db": e["fp16_psnr_sr_db"]}
-            if not e["fp32_ok"] or e["fp16_ok"] is False:
+            if e["fp32_ok"] is False or e["fp16_ok"] is False:
                 c.ok = False
 
     r.run("parity", parity)
@@ -171,7 +209,7 @@ def main():
                 continue
             js = os.path.join(work, f"bench-cache-{'fp16' if fp16 else 'fp32'}-{batch}.json")
             extra = ["--fp16"] if fp16 else []
-            r.srcache("bench", "cache", *pair, "--devices", args.device, "--scale", 4, "--patch", patch, "--batch", batch,
+            r.srcache("bench", "cache", *pair, "--devices", args.device, "--scale", 4, "--patch", patch, "--halo", 0, "--batch", batch,
                       "--samples", 64 if q else 1024, "--images", 2 if q else 12, *extra, "--json", js, timeout=900)
             j = read_json(js)
             key = f"{'fp16' if fp16 else 'fp32'}_b{batch}"
@@ -184,13 +222,13 @@ def main():
 
     r.run("bench-cache", bench_cache)
 
-    photos = os.path.join(REPO, "tests", "data", "photos")
     cfg_path = os.path.join(work, "cache.toml")
     # On the GPU: ~240 samples of 64x64 (3 degradation variants), enough for the kill to land mid-run; on the CPU
     # (--quick) a few dozen 16x16 ones.
     inputs = (f'stride = {patch}\nlimit = 24\n' if q else f'stride = {patch // 4}\nvariants = ["clean", "blur:1.0", "noise:5"]\n')
+    # halo = 0 (and bench cache --halo 0): swinir.pt is traced at the patch size, so it must see the bare patch.
     with open(cfg_path, "w") as f:
-        f.write(f'[input]\nhr_dir = "{photos}"\nscale = 4\npatch = {patch}\n{inputs}'
+        f.write(f'[input]\nhr_dir = "{photos}"\nscale = 4\npatch = {patch}\nhalo = 0\n{inputs}'
                 f'[[experts]]\nname = "rrdb"\npath = "{rrdb}"\n[[experts]]\nname = "swinir"\npath = "{swinir}"\n')
 
     def cache(out, *extra, check=True):
@@ -256,20 +294,6 @@ def main():
 
     r.run("sigkill", sigkill)
 
-    def oom(c):
-        out = os.path.join(work, "oom")
-        p = r.srcache("cache", "--hr", photos, "--scale", 4, "--patch", patch, "--out", out, "--quiet", "--batch", 64,
-                      "--expert", f"hog={memhog}", "--devices", args.device, check=False, timeout=900)
-        msgs = [l for l in (p.stdout + p.stderr).splitlines() if "out of memory" in l]
-        c.figures = {"exit": p.returncode, "messages": msgs[:6]}
-        if not cuda:
-            c.notes.append("not applicable on the CPU (nothing runs out of memory at this size)")
-            c.ok = p.returncode == 0
-        elif p.returncode != 0 or not any("retrying with batch" in m for m in msgs):
-            c.ok = False
-            c.notes.append("expected a completed run with 'retrying with batch' messages")
-
-    r.run("oom", oom)
 
     def bench_loader(c):
         for label, extra in (("shuffle_zstd", ["--zstd"]), ("raw", [])):
@@ -335,10 +359,131 @@ def main():
             c.notes.append(f"fused PSNR differs by {d:.4f} dB > 0.01")
 
     r.run("eval", evaluate)
+    r.run("pt2", lambda c: finish_pt2(r, c, pt2_jobs, experts_dir, patch, cuda, q))
     failed = [c.name for c in r.checks if not c.ok]
     print(f"[gpu-check] {len(r.checks) - len(failed)} of {len(r.checks)} checks passed"
           + (f"; failed: {', '.join(failed)}" if failed else "") + f"; report: {os.path.join(r.out, 'report.md')}", flush=True)
     return 1 if failed else 0
+
+
+PT2_ARCHS = ("rrdb", "swinir")
+MAKE = os.path.join(HERE, "make_gpu_experts.py")
+
+
+def _log(r, cmd, p_out, rc, secs):
+    with open(r.log_path, "a") as f:
+        f.write(f"$ {' '.join(map(str, cmd))}   # exit {rc}, {secs:.1f}s\n{p_out}\n")
+
+
+def start_pt2(r, experts_dir, patch, cuda, quick):
+    """Starts the .pt2 compiles, one niced process per (arch, dtype), and returns the jobs for finish_pt2. On a
+    GPU: the real-size experts' weights (ARCH.weights.pt), fp32 / fp16 / bf16 packages for CUDA. On the CPU
+    (--quick): tiny widths (their TorchScript twins made here first, in seconds), fp32 and bf16 CPU packages
+    (a real-size CPU compile takes 5-12 minutes on 2 cores)."""
+    jobs = {"t0": time.time(), "procs": [], "skipped": [], "error": None}
+    if cuda:
+        missing = [a for a in PT2_ARCHS if not os.path.exists(os.path.join(experts_dir, f"{a}.weights.pt"))]
+        if missing:  # the experts check failed: its report says why
+            jobs["error"] = f"no weights for {', '.join(missing)} (the experts check did not make them)"
+            return jobs
+        pt2_dir, plan = experts_dir, [(a, d) for a in PT2_ARCHS for d in ("fp32", "fp16", "bf16")]
+    else:
+        pt2_dir = os.path.join(experts_dir, "pt2-tiny")
+        plan = [("rrdb", "fp32"), ("rrdb", "bf16"), ("swinir", "fp32")]
+        jobs["skipped"] = [", ".join(f"{a}.fp16.pt2" for a in PT2_ARCHS) + " (half-precision convolutions): skipped: no CUDA",
+                           "real-size CUDA packages (these are tiny CPU ones): skipped: no CUDA"]
+        cmd = [sys.executable, MAKE, pt2_dir, "--size", str(patch), "--tiny"]
+        t = time.time()
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        _log(r, cmd, p.stdout + p.stderr, p.returncode, time.time() - t)
+        if p.returncode != 0:
+            jobs["error"] = "tiny experts: " + " | ".join(p.stderr.strip().splitlines()[-3:])
+            return jobs
+    jobs["dir"] = pt2_dir
+    # Inductor's parallel compile workers, shared out; nice 19 so that the measured checks keep the CPU.
+    env = dict(os.environ, TORCHINDUCTOR_COMPILE_THREADS=str(max(1, (os.cpu_count() or 2) // len(plan))))
+    for arch, dt in plan:
+        cmd = ["nice", "-n", "19", sys.executable, MAKE, pt2_dir, "--pt2", dt, "--arch", arch, "--device",
+               "cuda" if cuda else "cpu", "--size", str(patch), "--batch", "2"] + (["--tiny"] if not cuda else [])
+        log = open(os.path.join(pt2_dir, f"{arch}.{dt}.log"), "w")
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        jobs["procs"].append({"arch": arch, "dtype": dt, "proc": p, "log": log, "cmd": cmd, "t0": time.time()})
+    print(f"[gpu-check] pt2: {len(plan)} AOTInductor compiles started in the background (niced): "
+          + ", ".join(f"{a}.{d}" for a, d in plan), flush=True)
+    for s in jobs["skipped"]:
+        print(f"[gpu-check] pt2: {s}", flush=True)
+    return jobs
+
+
+def stop_pt2(jobs):
+    """Kills what is left of the compiles this script started (each in its own process group)."""
+    for j in jobs.get("procs", []):
+        if j["proc"].poll() is None:
+            try:
+                os.killpg(j["proc"].pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            j["proc"].wait()
+        j["log"].close()
+
+
+def finish_pt2(r, c, jobs, experts_dir, patch, cuda, quick):
+    if jobs["error"]:
+        raise RuntimeError(jobs["error"])
+    wait = r.args.pt2_wait if r.args.pt2_wait is not None else (600 if quick else 150)
+    deadline = time.time() + wait
+    done = []
+    try:
+        for j in jobs["procs"]:
+            name = f"{j['arch']}.{j['dtype']}.pt2"
+            try:
+                rc = j["proc"].wait(timeout=max(0.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                c.notes.append(f"{name}: skipped: not compiled within {time.time() - j['t0']:.0f} s (--pt2-wait {wait:.0f})")
+                continue
+            j["log"].flush()
+            with open(j["log"].name) as f:
+                text = f.read()
+            _log(r, j["cmd"], text, rc, time.time() - j["t0"])
+            if rc != 0:
+                c.ok = False
+                c.notes.append(f"{name}: export failed (exit {rc}): " + " | ".join(text.strip().splitlines()[-2:])[:400])
+                continue
+            done.append((j["arch"], j["dtype"], read_json(os.path.join(jobs["dir"], name + ".json"))))
+    finally:
+        stop_pt2(jobs)
+    c.figures["compile_wall_s"] = round(time.time() - jobs["t0"], 1)
+    c.notes.extend(jobs["skipped"])
+    if not done:
+        c.ok = False
+        c.notes.append("no package compiled: nothing measured")
+        return
+    d = jobs["dir"]
+    argv = []
+    for arch in sorted({a for a, _, _ in done}):
+        ts = os.path.join(d, f"{arch}.pt")
+        argv += ["--expert", f"{arch}_ts={ts}"]
+        for a, dt, _ in done:
+            if a == arch:
+                argv += ["--expert", f"{arch}_{dt}={os.path.join(d, f'{arch}.{dt}.pt2')}", "--cpu-reference", f"{arch}_{dt}={ts}"]
+    js = os.path.join(d, "parity-pt2.json")
+    r.srcache("bench", "parity", *argv, "--device", r.dev, "--patch", patch, "--patches", 2 if quick else 8,
+              "--time", 3 if quick else 20, "--json", js, timeout=900)
+    rows = {e["expert"]: e for e in read_json(js)["experts"]}
+    for arch, dt, info in done:
+        e, ts = rows[f"{arch}_{dt}"], rows[f"{arch}_ts"]
+        fig = {"fp32_max_abs": e["fp32_max_abs_diff_sr"], "export_s": info["export_s"], "compile_s": info["compile_s"],
+               "ms": e["forward_ms"], "ts_ms": ts["forward_ms"], "py_eager_ms": round(info["eager_ms"], 2),
+               "py_pt2_ms": round(info["pt2_python_ms"], 2)}
+        if dt == "fp16":
+            fig["psnr_db"] = e["fp16_psnr_sr_db"]
+            fig["ts_autocast_ms"] = ts["fp16_autocast_forward_ms"]
+        elif dt == "bf16":
+            fig["psnr_db"] = e["bf16_psnr_sr_db"]
+        c.figures[f"{arch}_{dt}"] = fig
+        if e["fp32_ok"] is False or e["fp16_ok"] is False:
+            c.ok = False
+            c.notes.append(f"{arch}.{dt}.pt2: parity FAIL ({e['fp32_max_abs_diff_sr']:.2e} / {e['fp16_psnr_sr_db']} dB)")
 
 
 def make_memhog(path, bytes_per_sample):

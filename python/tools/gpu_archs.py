@@ -381,17 +381,24 @@ def count_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def build(arch: str, seed: int = 0, size: int = 64) -> Expert:
+# Tiny widths of the same two architectures, for testing the scripts on a CPU in seconds (gpu_check.py --quick:
+# an AOTInductor export of the real sizes takes 5-12 minutes on 2 CPU cores). Never a GPU figure.
+TINY = {"rrdb": dict(num_feat=16, num_block=1, num_grow_ch=8),
+        "swinir": dict(embed_dim=12, depths=(2,), num_heads=(2,))}
+
+
+def build(arch: str, seed: int = 0, size: int = 64, tiny: bool = False) -> Expert:
     """Builds a calibrated, eval-mode, CPU f32 expert. arch: 'rrdb' or 'swinir'; size: the SwinIR img_size
     (its attn_mask buffers); ignored for RRDB. Deterministic for a given (arch, seed, torch version, CPU
-    kernels); size does not change the weights."""
+    kernels); size does not change the weights. tiny: the TINY widths (script tests only)."""
     torch.manual_seed(seed)
+    cfg = TINY[arch] if tiny and arch in TINY else {}
     if arch == "rrdb":
-        net = RRDBNet()
+        net = RRDBNet(**cfg)
     elif arch == "swinir":
         if size % 8 or size <= 8:
             raise ValueError(f"SwinIR size {size}: must be a multiple of 8 and > 8")
-        net = SwinIR(img_size=size)
+        net = SwinIR(img_size=size, **cfg)
         init_swinir_(net)
     else:
         raise ValueError(f"unknown arch {arch!r}")
