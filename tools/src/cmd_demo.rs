@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use image::RgbImage;
 use srcache_cache::{Builtin, CacheConfig, ExpertConfig, InputConfig};
 use srcache_experts::benchmark::{self, BenchmarkFolder, BenchmarkImage};
@@ -43,57 +43,6 @@ fn step(n: u32, what: &str) {
     println!("\n==> [{n}/5] {what}");
 }
 
-/// Copies the photos into train/ and bench/DemoVal/HR, then writes MATLAB-bicubic LR for the held-out set.
-/// Splits `photos` into a training folder and a held-out benchmark folder (HR + MATLAB-bicubic LR). Held out:
-/// the photos whose stems are in `held_out`; when that is empty, the built-in pair (chelsea, rocket) if the folder
-/// has them, else the last fifth of the photos by name (at least one). The split is printed.
-pub(crate) fn prepare_data(photos: &Path, out: &Path, scale: u32, held_out: &[String]) -> Result<(PathBuf, PathBuf)> {
-    let files = srcache_ingest::scan::list_images(photos)?;
-    let stems: Vec<String> = files.iter().map(|f| f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()).collect();
-    let held: Vec<String> = if !held_out.is_empty() {
-        if let Some(missing) = held_out.iter().find(|h| !stems.contains(h)) {
-            bail!("{}: no photo named {missing:?} to hold out (have: {})", photos.display(), stems.join(", "));
-        }
-        held_out.to_vec()
-    } else if HELD_OUT.iter().all(|h| stems.iter().any(|s| s == h)) {
-        HELD_OUT.iter().map(|s| s.to_string()).collect()
-    } else {
-        let mut sorted = stems.clone();
-        sorted.sort();
-        let n = sorted.len().div_ceil(5).max(1);
-        sorted[sorted.len().saturating_sub(n)..].to_vec()
-    };
-    let train = out.join("data/train_HR");
-    let bench = out.join("data/DemoVal");
-    std::fs::create_dir_all(&train)?;
-    std::fs::create_dir_all(bench.join("HR"))?;
-    let (mut n_train, mut n_val) = (0, 0);
-    for f in &files {
-        let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = f.file_name().context("file name")?;
-        let dst = if held.contains(&stem) {
-            n_val += 1;
-            bench.join("HR").join(name)
-        } else {
-            n_train += 1;
-            train.join(name)
-        };
-        std::fs::copy(f, &dst).with_context(|| format!("copy {} → {}", f.display(), dst.display()))?;
-    }
-    if n_train == 0 || n_val == 0 {
-        bail!("{}: need at least two photos: some to train on and some to hold out ({held:?})", photos.display());
-    }
-    let lr_dir = benchmark::lr_dir(&bench, scale);
-    let (written, skipped) = srcache_ingest::write_lr_folder(&bench.join("HR"), scale, &lr_dir, true, &|| {})?;
-    println!(
-        "{n_train} training photos, {n_val} held out ({}); wrote {written} LR images to {} ({} skipped)",
-        held.join(", "),
-        lr_dir.display(),
-        skipped.len()
-    );
-    Ok((train, bench))
-}
-
 fn cache_config(train: &Path, out: &Path, scale: u32) -> CacheConfig {
     CacheConfig {
         input: InputConfig { hr_dir: train.to_path_buf(), scale, patch: 32, stride: Some(16), ..Default::default() },
@@ -104,28 +53,6 @@ fn cache_config(train: &Path, out: &Path, scale: u32) -> CacheConfig {
         target_shard_bytes: 16 << 20,
         ..Default::default()
     }
-}
-
-pub(crate) fn train_config(steps: u64, scale: u32, bench: &Path) -> TrainConfig {
-    // Six validations, so curves.png shows the fused PSNR climbing past the best expert (each costs ~1 s).
-    let val_every = (steps / 6).max(1);
-    let mut cfg = TrainConfig { steps, device: "cpu".into(), val_every, ckpt_every: steps.max(1), log_every: 10, ..Default::default() };
-    // Validate on the held-out photos at full size too: that is the number the final table reports.
-    cfg.val_dirs = vec![bench.to_path_buf()];
-    // Same tiles as step 4's evaluation, so val.json and the final table agree.
-    cfg.val_tile = Tiling::default().tile as u32;
-    cfg.model.scale = scale;
-    cfg.val_fraction = 0.15;
-    cfg.optim.lr = 1e-3;
-    cfg.optim.warmup_steps = steps / 20;
-    cfg.optim.ema_decay = 0.99;
-    cfg.loader.batch_size = 8;
-    // Train on random 16×16 LR (64×64 HR) sub-crops of the cached 32×32 patches and a slimmer trunk than the
-    // default: the fusion trunk runs at HR resolution, and this keeps the demo to a few minutes on 2 cores.
-    cfg.loader.crop = Some(16);
-    cfg.model.width = 24;
-    cfg.model.blocks = 3;
-    cfg
 }
 
 /// One contact sheet per held-out image (PNG + SVG): HR crop, bicubic, each expert, fused, with labels and PSNR.
@@ -172,7 +99,9 @@ pub fn run(a: Args) -> Result<()> {
     std::fs::create_dir_all(&report)?;
 
     step(1, "ingest: built-in photos → train set + held-out benchmark (MATLAB-bicubic LR)");
-    let (train, bench) = prepare_data(&photos, &a.out, a.scale, &[])?;
+    let split = benchmark::hold_out_photos(&photos, &a.out, a.scale, &[], &HELD_OUT)?;
+    println!("{split}");
+    let (train, bench) = (split.train, split.bench);
 
     step(2, "cache: 3 built-in experts over every 32×32 LR patch → compressed shards");
     let cfg = cache_config(&train, &a.out, a.scale);
@@ -186,7 +115,7 @@ pub fn run(a: Args) -> Result<()> {
     crate::cmd_cache::print_summary(&summary);
 
     step(3, &format!("train: fusion network, {} steps on CPU", a.steps));
-    let tcfg = train_config(a.steps, a.scale, &bench);
+    let tcfg = TrainConfig::demo(a.steps, a.scale, &bench);
     let run_dir = a.out.join("run");
     if run_dir.exists() {
         srcache_trainer::train::remove_run(&run_dir)?;

@@ -99,7 +99,7 @@ pub enum PatchCodec {
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         IngestCommand::Lr(a) => run_lr(a),
-        IngestCommand::Patches(a) => run_patches(a).map(|_| ()),
+        IngestCommand::Patches(a) => run_patches(a),
     }
 }
 
@@ -133,8 +133,7 @@ fn report_skipped(skipped: &[srcache_ingest::Skipped]) {
     }
 }
 
-/// Runs the patch ingest; returns (samples written, images seen). Used by `bench ingest` too.
-pub fn run_patches(a: PatchesArgs) -> Result<(u64, usize)> {
+fn run_patches(a: PatchesArgs) -> Result<()> {
     let cfg = IngestConfig {
         scan: ScanConfig { hr_dir: a.hr.clone(), lr_dir: a.lr.clone(), scale: a.scale },
         patch: PatchConfig { size: a.patch, stride: a.stride, flat_threshold: a.flat_threshold },
@@ -175,5 +174,5 @@ pub fn run_patches(a: PatchesArgs) -> Result<(u64, usize)> {
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
-    Ok((s.written, s.images))
+    Ok(())
 }

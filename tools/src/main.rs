@@ -3,7 +3,6 @@
 
 use clap::{Parser, Subcommand};
 
-mod bench;
 mod cmd_cache;
 mod cmd_demo;
 mod cmd_diff;
@@ -66,7 +65,7 @@ enum Command {
     Export(cmd_export::Args),
     /// Measure speed against the baselines named in BENCHMARKS.md.
     #[command(subcommand)]
-    Bench(bench::Bench),
+    Bench(srcache_bench::Bench),
 }
 
 /// Keeps freed buffers in the malloc heap instead of handing them back to the kernel. The pipelines allocate and
@@ -110,7 +109,7 @@ fn main() {
         Command::Stats(a) => cmd_stats::run(a),
         Command::Dump(a) => cmd_dump::run(a),
         Command::Export(a) => cmd_export::run(a),
-        Command::Bench(b) => bench::run(b),
+        Command::Bench(b) => srcache_bench::run(b),
     };
     if let Err(err) = result {
         // The whole chain on one line: every library error names its file/sample, its causes follow.

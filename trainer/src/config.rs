@@ -328,6 +328,29 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The recipe of `srcache demo` and `bench fidelity`: a few CPU minutes on cached 32×32 patches, validated
+    /// on the held-out benchmark folder `bench` at full size with eval's tiles (so val.json and the final table
+    /// agree).
+    pub fn demo(steps: u64, scale: u32, bench: &std::path::Path) -> TrainConfig {
+        // Six validations, so curves.png shows the fused PSNR climbing past the best expert (each costs ~1 s).
+        let val_every = (steps / 6).max(1);
+        let mut cfg = TrainConfig { steps, device: "cpu".into(), val_every, ckpt_every: steps.max(1), log_every: 10, ..Default::default() };
+        cfg.val_dirs = vec![bench.to_path_buf()];
+        cfg.val_tile = srcache_experts::Tiling::default().tile as u32;
+        cfg.model.scale = scale;
+        cfg.val_fraction = 0.15;
+        cfg.optim.lr = 1e-3;
+        cfg.optim.warmup_steps = steps / 20;
+        cfg.optim.ema_decay = 0.99;
+        cfg.loader.batch_size = 8;
+        // Random 16×16 LR (64×64 HR) sub-crops of the cached 32×32 patches and a slimmer trunk than the default:
+        // the fusion trunk runs at HR resolution, and this keeps the demo to a few minutes on 2 cores.
+        cfg.loader.crop = Some(16);
+        cfg.model.width = 24;
+        cfg.model.blocks = 3;
+        cfg
+    }
+
     /// The training device, parsed strictly (`cpu`, `cuda`, `cuda:N`, `auto`): a typo or a GPU that is not
     /// there is an error naming the string, never a silent fallback.
     pub fn device(&self) -> crate::Result<tch::Device> {

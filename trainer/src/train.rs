@@ -330,6 +330,13 @@ pub fn train(cfg: &TrainConfig, data: &Path, run: &Path, resume: bool, progress:
     cfg.model.feat_channels = loader.feat_channels.clone();
     // The expert the heads start from, by name: "best" is resolved here on the training samples' PSNR (the
     // manifest's), and the config saved with the run names it, so a resume or an export starts from the same one.
+    if cfg.model.experts.is_empty() {
+        // An ingest-only dataset (lr/hr patches, no `sr/<expert>` tensors): there is nothing to fuse.
+        return Err(crate::TrainerError::Config {
+            what: format!("dataset {}", data.display()),
+            why: "it holds no expert outputs (no sr/<expert> tensors): cache experts with `srcache cache` first".into(),
+        });
+    }
     let best = best_expert(&ds, &train_idx, &cfg.model.experts);
     let base = cfg.model.delta_expert.resolve(&cfg.model.experts, best.or(Some(0)))?;
     let base_name = cfg.model.experts[base].clone();

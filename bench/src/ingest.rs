@@ -10,7 +10,8 @@ use clap::Args as ClapArgs;
 use image::RgbImage;
 use srcache_ingest::{rayon, resize};
 
-use crate::cmd_ingest::{PatchCodec, PatchesArgs};
+use srcache_formats::Codec;
+use srcache_ingest::{IngestConfig, PatchConfig, PatchShardOptions, ScanConfig};
 
 #[derive(ClapArgs)]
 pub struct BenchResizeArgs {
@@ -112,24 +113,18 @@ pub fn run_resize(a: BenchResizeArgs) -> Result<()> {
     Ok(())
 }
 
-fn ingest_args(a: &BenchIngestArgs, hr: &std::path::Path, lr: Option<PathBuf>, out: PathBuf, codec: PatchCodec) -> PatchesArgs {
-    PatchesArgs {
-        hr: hr.to_path_buf(),
-        lr,
-        scale: a.scale,
-        patch: a.patch,
-        stride: Some(a.stride),
-        flat_threshold: None,
-        variants: Vec::new(),
-        seed: 0,
-        workers: 0,
-        codec,
-        zstd_level: 1,
-        shard_mib: 2048,
-        out,
+/// What `srcache ingest patches` runs for these flags: the same library call, without its progress bar.
+fn ingest_patches(a: &BenchIngestArgs, hr: &std::path::Path, lr: Option<PathBuf>, out: &std::path::Path, codec: Codec) -> Result<(u64, usize)> {
+    let cfg = IngestConfig {
+        scan: ScanConfig { hr_dir: hr.to_path_buf(), lr_dir: lr, scale: a.scale },
+        patch: PatchConfig { size: a.patch, stride: Some(a.stride), flat_threshold: None },
         strict: true,
-        force: false,
-    }
+        ..IngestConfig::default()
+    };
+    let opts = PatchShardOptions { codec, target_shard_bytes: 2048 << 20, force: false };
+    let s = srcache_ingest::write_patch_dataset(&cfg, out, &opts, &|_: usize, _: usize| {})
+        .with_context(|| format!("ingesting {} into {}", hr.display(), out.display()))?;
+    Ok((s.written, s.images))
 }
 
 pub fn run_ingest(a: BenchIngestArgs) -> Result<()> {
@@ -194,12 +189,12 @@ pub fn run_ingest(a: BenchIngestArgs) -> Result<()> {
     // DIV2K ships train_LR_bicubic/X4: with the LR folder given, ingest decodes LR instead of computing it.
     let lr_dir = tmp.join(format!("lr_x{}", a.scale));
     srcache_ingest::write_lr_folder(&hr, a.scale, &lr_dir, true, &|| {})?;
-    let runs = [(PatchCodec::Zstd, "zstd(1)", None), (PatchCodec::Raw, "raw", None), (PatchCodec::Raw, "raw", Some(lr_dir.clone()))];
+    let runs = [(Codec::Zstd { level: 1 }, "zstd(1)", None), (Codec::Raw, "raw", None), (Codec::Raw, "raw", Some(lr_dir.clone()))];
     for (codec, label, lr) in runs {
         let out = tmp.join(format!("out-{label}"));
         let given = lr.is_some();
         let t = Instant::now();
-        let (samples, images) = crate::cmd_ingest::run_patches(ingest_args(&a, &hr, lr, out.clone(), codec))?;
+        let (samples, images) = ingest_patches(&a, &hr, lr, &out, codec)?;
         let e2e_s = t.elapsed().as_secs_f64();
         let e2e_ips = images as f64 / e2e_s;
         let bytes: u64 = std::fs::read_dir(&out)?.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();

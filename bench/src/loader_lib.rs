@@ -1,7 +1,7 @@
 //! The loader benchmark's work (`srcache bench loader`): the shard loader against the usual baseline (one fp32 torch archive per sample,
 //! read by worker threads with the same crop + flips) and a seed-style one (the same archives read one by one on
 //! the consuming thread), on the real cache storage presets, and training step time fed by the loader against
-//! synthetic in-memory batches. Every benchmark lives under tools/src/bench/, next to the command that prints it.
+//! synthetic in-memory batches. Every benchmark lives in this crate (bench/), next to the command that prints it.
 
 use anyhow::{anyhow, bail, Context, Result};
 use half::{bf16, f16};

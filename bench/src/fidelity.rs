@@ -155,7 +155,9 @@ pub fn run(a: BenchFidelityArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => srcache_ingest::photos::extract(&root.join("photos"))?,
     };
-    let (train, bench) = crate::cmd_demo::prepare_data(&photos, root, a.scale, &a.held_out)?;
+    let split = srcache_experts::benchmark::hold_out_photos(&photos, root, a.scale, &a.held_out, &["chelsea", "rocket"])?;
+    println!("{split}");
+    let (train, bench) = (split.train, split.bench);
     let experts: Vec<(String, ExpertSource)> = if a.experts.is_empty() {
         Builtin::ALL.iter().map(|b| (b.as_str().to_string(), ExpertSource::Builtin(*b))).collect()
     } else {
@@ -206,7 +208,7 @@ pub fn run(a: BenchFidelityArgs) -> Result<()> {
             println!("fp32 archive per sample: {:.1} KiB, its loader (the baseline): {archive_sps:.1} samples/s", archive / 1024.0);
         }
         let run_dir = root.join(format!("run-{}", name.replace('+', "_")));
-        let tcfg = crate::cmd_demo::train_config(a.steps, a.scale, &bench);
+        let tcfg = srcache_trainer::TrainConfig::demo(a.steps, a.scale, &bench);
         let ts = srcache_trainer::train(&tcfg, &cfg.out, &run_dir, false, &mut |_| {})?;
         let full = ts.val_full.first().context("no full-image validation table")?;
         let (psnr, ssim) = (full.fused().psnr, full.fused().ssim);

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use srcache_cache::{parse_devices, CacheConfig, NoProgress};
-
-use crate::cmd_cache::{build_config, CacheArgs};
+use srcache_cache::{parse_devices, CacheConfig, CacheOverrides, NoProgress, StoragePreset};
 
 #[derive(Args, Debug)]
 pub struct BenchCacheArgs {
@@ -67,32 +65,24 @@ pub fn run(a: BenchCacheArgs) -> anyhow::Result<()> {
             d
         }
     };
-    let cache_args = CacheArgs {
-        config: None,
-        hr: Some(hr),
-        lr: None,
+    let overrides = CacheOverrides {
+        hr_dir: Some(hr),
         scale: Some(a.scale),
         patch: Some(a.patch),
         stride: a.stride,
         halo: a.halo,
-        variants: Vec::new(),
         experts,
+        storage: StoragePreset::from_flags(a.lossless, false, false, None)?,
         out: Some(out.clone()),
         devices: Some(a.devices.clone()),
-        expert_split: false,
         batch: Some(a.batch),
         fp16: a.fp16,
         shard_mb: Some(256),
         limit: Some(a.samples),
-        feat_u8: false,
-        feat_pca: None,
-        sr_u8: false,
-        lossless: a.lossless,
-        part: None,
-        force: false,
-        quiet: true,
+        ..CacheOverrides::default()
     };
-    let cfg: CacheConfig = build_config(&cache_args)?;
+    // The same merge `srcache cache` applies to its flags (SRCACHE_* environment included).
+    let cfg: CacheConfig = CacheConfig::default().with_overrides(&overrides, |k| std::env::var(k).ok())?;
     let devices = parse_devices(&a.devices)?;
     let first = *devices.first().context("no device")?;
 
