@@ -104,11 +104,10 @@ pub fn run(a: BenchFusionArgs) -> Result<()> {
     let presets: Vec<String> = if a.presets.is_empty() { PRESETS.iter().map(|(n, _)| n.to_string()).collect() } else { a.presets.clone() };
     let ds = Dataset::open(&a.cache).with_context(|| format!("opening cache {}", a.cache.display()))?;
     let schema = ds.schema().context("the cache has no shards")?.clone();
-    let mut names = schema.sr_experts();
-    names.sort();
-    let sources = srcache_experts::sources_from_dataset(&ds, &names)?;
-    let scale = schema.scale().unwrap_or(4);
-    let stack = SrStack::load(&sources, scale, device, Tiling { tile: a.tile, overlap: 16 }, schema.patch().map(|p| p as usize))?;
+    // The cache's experts, as eval assembles them (name order: the fusion models' order).
+    let stack = SrStack::assemble(Vec::new(), Some(&ds), None, device, Tiling { tile: a.tile, overlap: 16 })?;
+    let names: Vec<String> = stack.experts.iter().map(|e| e.expert.name().to_string()).collect();
+    let scale = stack.scale;
 
     // Experts once per image: their outputs (for the presets) and every fixed row's score.
     let t0 = Instant::now();

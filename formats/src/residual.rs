@@ -311,11 +311,7 @@ pub(crate) fn subtract_base(sr: &[u8], lr: &[u8], h: usize, w: usize, s: usize, 
 
 /// `q = (q + B(lr)) mod 256` in place (sizes checked by the caller).
 pub(crate) fn add_base(q: &mut [u8], lr: &[u8], h: usize, w: usize, s: usize) {
-    bicubic_rows(lr, h, w, s, |off, row| {
-        for (o, &b) in q[off..off + row.len()].iter_mut().zip(row) {
-            *o = o.wrapping_add(b);
-        }
-    });
+    bicubic_rows(lr, h, w, s, |off, row| add_upscaled(&mut q[off..off + row.len()], row));
 }
 
 #[cfg(test)]

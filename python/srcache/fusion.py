@@ -120,13 +120,6 @@ def depthwise(x, kernel):
     return F.conv2d(F.pad(x, (k // 2,) * 4, mode="replicate"), w, groups=c)
 
 
-def mean_of(xs):
-    acc = xs[0]
-    for x in xs[1:]:
-        acc = acc + x
-    return acc / float(len(xs))
-
-
 def _conv(cin, cout, k, zero=False):
     c = nn.Conv2d(cin, cout, k, padding=k // 2)
     if zero:  # Rust `Conv::zeros`: the head starts exactly at its base
@@ -240,7 +233,8 @@ class EdgeRefine(nn.Module):
 
 class FusionNet(nn.Module):
     """The trainer's fusion model: trunk over (lr_up, expert outputs, projected features) + a head
-    ("gating", "frequency", "delta") + optional edge refinement. See the module docstring for the inputs."""
+    ("gating", "frequency", "delta", "refine", "select") + optional edge refinement. See the module docstring
+    for the inputs."""
 
     def __init__(self, cfg=None, **kw):
         super().__init__()

@@ -7,17 +7,20 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Head {
-    /// Per-pixel softmax over experts plus a residual; starts at the expert mean.
+    /// Per-pixel gates from the trunk features move the output from `delta_expert` toward each other expert
+    /// (`base + Σ tanh(g_e)·(sr_e − base)`), plus a residual; starts exactly at that expert.
     Gating,
-    /// Per-Haar-band softmax over experts plus a band residual; starts at the expert mean.
+    /// The same gates per Haar band (each band moves from `delta_expert`'s band), plus a band residual; starts
+    /// exactly at that expert.
     Frequency,
     /// Residual on top of `delta_expert`; starts at that expert.
     Delta,
-    /// Residual refiner over `delta_expert` with its own conv stack on (trunk features, that expert's high
-    /// pass) and a zero-initialised last layer: starts exactly at that expert (seed 002's recipe).
+    /// The gating blend, then a refiner of its own (`head_layers` convs on the trunk features and the blended
+    /// image) whose zero-initialised last layer adds a residual: starts exactly at `delta_expert` (seed 002's
+    /// recipe).
     Refine,
-    /// Per-pixel selection: a softmax over the experts conditioned on trunk features (LR, outputs, features),
-    /// with a learned temperature, plus a small residual; starts exactly at `delta_expert`.
+    /// Per-pixel selection only: `head_layers` convs of its own on the trunk features give the gates that move
+    /// the output from `delta_expert` toward each expert; no residual, so it can only mix the experts' pixels.
     Select,
 }
 

@@ -372,7 +372,7 @@ struct Scratch {
     transpose: Vec<u8>,
     /// This sample's decoded lr, when lr is stored with a codec.
     lr: Vec<u8>,
-    /// This sample's B(lr) for residual_u8 tensors, and the scale it was computed at.
+    /// This sample's B(lr) for residual_u8 tensors.
     up: Vec<u8>,
 }
 
@@ -455,10 +455,21 @@ impl Job {
             let d = if self.cfg.dihedral { rng.gen_range(0..8u8) } else { 0 };
             augs.push(Aug { y0, x0, crop: c, d });
             let (shard, i) = self.ds.sample(global)?;
-            // B(lr) is computed at most once per sample (at the scale of the first residual tensor that needs
-            // it), not once per expert; lr is decoded once, into `sc.lr`, and read from there by both.
+            // lr first: its bytes (stored raw, from the decoded cache, or decoded once into `sc.lr`) are both the
+            // batch's lr and the base of every residual_u8 tensor, whose B(lr) is computed at most once per
+            // sample (at the scale of the first residual tensor that needs it), not once per expert.
+            let decoded = |k: usize, f: &Field| if f.coded { self.decoded.as_deref().and_then(|dc| dc.get(global, k)) } else { None };
+            let lr_cached = decoded(0, &p.lr);
+            let lr_view = shard.tensor_at(i, p.lr.pos)?;
+            let lr_bytes: &[u8] = match (lr_cached, lr_view.raw()?) {
+                (Some(b), _) | (None, Some(b)) => b,
+                (None, None) => {
+                    sc.lr.resize(lr_view.raw_len(), 0);
+                    lr_view.decode_into(&mut sc.lr)?;
+                    &sc.lr
+                }
+            };
             let mut up_scale: Option<usize> = None;
-            let mut lr_decoded = false;
             let fields = [(&p.lr, &lr), (&p.hr, &hr)].into_iter().chain(p.sr.iter().zip(&sr)).chain(p.feat.iter().zip(&feat));
             for (k, (f, t)) in fields.enumerate() {
                 let sample_err = |why: String| TrainerError::Sample {
@@ -466,32 +477,16 @@ impl Job {
                     tensor: self.ds.schema().map(|s| s.tensors[f.pos].name.clone()).unwrap_or_default(),
                     why,
                 };
+                let cached = if k == 0 { lr_cached } else { decoded(k, f) };
                 let view = shard.tensor_at(i, f.pos)?;
-                let cached = if f.coded { self.decoded.as_deref().and_then(|dc| dc.get(global, k)) } else { None };
-                let bytes: &[u8] = if let Some(b) = cached {
+                let bytes: &[u8] = if k == 0 {
+                    lr_bytes
+                } else if let Some(b) = cached {
                     b
                 } else if let Some(b) = view.raw()? {
                     b
-                } else if k == 0 {
-                    sc.lr.resize(view.raw_len(), 0);
-                    view.decode_into(&mut sc.lr)?;
-                    lr_decoded = true;
-                    &sc.lr
                 } else if let Some(rb) = f.base {
                     if up_scale != Some(rb.s) {
-                        let lrv = shard.tensor_at(i, rb.lr)?;
-                        let lr_bytes: &[u8] = match (self.decoded.as_deref().and_then(|dc| dc.get(global, 0)), lrv.raw()?) {
-                            (_, Some(b)) => b,
-                            (Some(b), None) => b,
-                            (None, None) => {
-                                if !lr_decoded {
-                                    sc.lr.resize(lrv.raw_len(), 0);
-                                    lrv.decode_into(&mut sc.lr)?;
-                                    lr_decoded = true;
-                                }
-                                &sc.lr
-                            }
-                        };
                         if lr_bytes.len() != 3 * rb.h * rb.w {
                             return Err(sample_err(format!("residual base lr is {} bytes, not 3x{}x{}", lr_bytes.len(), rb.h, rb.w)));
                         }

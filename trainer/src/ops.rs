@@ -115,15 +115,6 @@ pub fn upsample_bicubic(lr: &Tensor, scale: u32) -> Result<Tensor> {
     Ok(srcache_experts::image::upsample_bicubic(lr, scale)?)
 }
 
-pub fn mean_of(xs: &[Tensor]) -> Result<Tensor> {
-    let n = xs.len() as f64;
-    let mut acc = xs.first().ok_or_else(|| crate::TrainerError::Config { what: "experts".into(), why: "no expert outputs".into() })?.shallow_clone();
-    for x in &xs[1..] {
-        acc = acc.f_add(x).ctx("mean")?;
-    }
-    Ok(acc / n)
-}
-
 pub fn is_float(t: &Tensor) -> bool {
     matches!(t.kind(), Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double)
 }

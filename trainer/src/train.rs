@@ -212,15 +212,6 @@ pub struct TrainSummary {
     pub margin: Option<(String, String, f64)>,
 }
 
-/// Splits sample indices by source image (the manifest's `source`, the HR file's path relative to the
-/// input root, so moving or copying a dataset keeps its split). Sources are ranked by a seeded hash of that key
-/// and the first `round(fraction · sources)` are held out — at least one when `fraction > 0` and there are two
-/// or more sources, so a small dataset never silently validates on nothing. Returns (train, validation).
-pub fn split_by_source(ds: &Dataset, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let s = Split::of(ds, fraction, seed);
-    (s.train, s.val)
-}
-
 /// A train/validation split by source image, with the sources named (`split.json` in the run directory).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Split {
@@ -240,6 +231,10 @@ pub struct Split {
 pub const SPLIT_FILE: &str = "split.json";
 
 impl Split {
+    /// Splits sample indices by source image (the manifest's `source`, the HR file's path relative to the
+    /// input root, so moving or copying a dataset keeps its split). Sources are ranked by a seeded hash of that
+    /// key and the first `round(fraction · sources)` are held out — at least one when `fraction > 0` and there
+    /// are two or more sources, so a small dataset never silently validates on nothing.
     pub fn of(ds: &Dataset, fraction: f64, seed: u64) -> Split {
         let rows = ds.manifest();
         let mut sources: Vec<&str> = rows.iter().map(|r| r.source.as_str()).collect();
@@ -623,55 +618,40 @@ pub fn val_scalars(r: &ValReport) -> Vec<(String, f64)> {
 /// means deleting it yourself: training never deletes checkpoints it was not asked to replace). A directory
 /// holding anything else is refused, so a typo cannot scatter a run into a folder of other files.
 fn claim_run_dir(run: &Path, resume: bool) -> Result<srcache_formats::OwnedDir> {
-    use srcache_formats::{DirState, FormatError, Lock, Ownership};
-    /// What a run owns in its directory; locked on the directory itself (no lock file among the run's files).
-    const RUN: Ownership = Ownership {
-        what: "training run",
-        choose: "run directory",
-        files: &RUN_FILES,
-        dirs: &[TB_DIR, "ckpt"],
-        dataset: false,
-        parts: None,
-        lock: Lock::Folder,
-    };
-    // Refusals keep the trainer's own "run directory <path>: ..." form.
-    let run_dir = |e: FormatError| match e {
-        FormatError::Owned(o) if !matches!(o, srcache_formats::OwnedError::Io { .. }) => {
-            TrainerError::RunDir { path: o.path().to_path_buf(), why: o.reason() }
-        }
-        e => e.into(),
-    };
-    if RUN.state(run).map_err(run_dir)? == DirState::Ours && !resume {
+    if RUN.state(run).map_err(run_dir_error)? == srcache_formats::DirState::Ours && !resume {
         return Err(TrainerError::RunDir {
             path: run.to_path_buf(),
             why: "already holds a training run: add --resume to continue it, or choose a new run directory (nothing was changed)".into(),
         });
     }
-    RUN.claim(run).map_err(run_dir)
+    RUN.claim(run).map_err(run_dir_error)
 }
 
-/// Deletes a training run's own files (and the directory when that empties it); refuses a directory holding
-/// anything else. What `srcache demo` uses to start its run over.
+/// What a run owns in its directory; locked on the directory itself (no lock file among the run's files).
+const RUN: srcache_formats::Ownership = srcache_formats::Ownership {
+    what: "training run",
+    choose: "run directory",
+    files: &RUN_FILES,
+    dirs: &[TB_DIR, "ckpt"],
+    dataset: false,
+    parts: None,
+    lock: srcache_formats::Lock::Folder,
+};
+
+/// Refusals of the run's folder keep the trainer's own "run directory <path>: ..." form.
+fn run_dir_error(e: srcache_formats::FormatError) -> TrainerError {
+    match e {
+        srcache_formats::FormatError::Owned(o) if !matches!(o, srcache_formats::OwnedError::Io { .. }) => {
+            TrainerError::RunDir { path: o.path().to_path_buf(), why: o.reason() }
+        }
+        e => e.into(),
+    }
+}
+
+/// Deletes a training run's own files and its directory; refuses, deleting nothing, a directory holding
+/// anything else or one another process is training into. What `srcache demo` uses to start its run over.
 pub fn remove_run(run: &Path) -> Result<()> {
-    let rd = match std::fs::read_dir(run) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(TrainerError::Io { path: run.to_path_buf(), source: e }),
-    };
-    let entries: Vec<std::fs::DirEntry> = rd.flatten().collect();
-    let ours = |n: &str| RUN_FILES.contains(&n) || srcache_formats::atomic::is_own_temp(n, None);
-    if let Some(e) = entries.iter().find(|e| !ours(&e.file_name().to_string_lossy())) {
-        return Err(TrainerError::RunDir {
-            path: run.to_path_buf(),
-            why: format!("holds {:?}, which is not a training run's file; not removing it", e.file_name()),
-        });
-    }
-    for e in entries {
-        let p = e.path();
-        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-        r.map_err(io_err(&p))?;
-    }
-    std::fs::remove_dir(run).map_err(io_err(run))
+    RUN.remove(run).map_err(run_dir_error)
 }
 
 /// Appends to `<run>/val.log`: every validation's tables (val.json keeps only the last) and skipped images.
@@ -680,4 +660,34 @@ fn append_log(run: &Path, text: &str) -> Result<()> {
     let path = run.join("val.log");
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
     f.write_all(text.as_bytes()).map_err(io_err(&path))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests: a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_run_deletes_a_runs_own_files_and_refuses_foreign_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        remove_run(&run).unwrap(); // nothing there: nothing to do
+        std::fs::create_dir_all(run.join("ckpt/step-10")).unwrap();
+        std::fs::create_dir_all(run.join(TB_DIR)).unwrap();
+        std::fs::write(run.join("ckpt/step-10/model.safetensors"), "w").unwrap();
+        std::fs::write(run.join("config.toml"), "").unwrap();
+        std::fs::write(run.join(SPLIT_FILE), "{}").unwrap();
+        std::fs::write(run.join("notes.txt"), "mine").unwrap();
+        let e = remove_run(&run).unwrap_err();
+        assert!(matches!(&e, TrainerError::RunDir { .. }), "{e}");
+        assert!(e.to_string().contains("holds files srcache did not write (notes.txt)"), "{e}");
+        assert!(run.join("config.toml").exists() && run.join("ckpt/step-10/model.safetensors").exists(), "a refusal deletes nothing");
+        std::fs::remove_file(run.join("notes.txt")).unwrap();
+        // Refused while another process holds the run's lock (the trainer's claim).
+        let held = claim_run_dir(&run, true).unwrap();
+        assert!(remove_run(&run).unwrap_err().to_string().contains("another srcache process"));
+        drop(held);
+        remove_run(&run).unwrap();
+        assert!(!run.exists());
+    }
 }

@@ -105,34 +105,33 @@ impl ValReport {
     }
     /// The best single expert on the same tables (experts averaged over tables first).
     pub fn best_expert_psnr(&self) -> Option<f64> {
+        self.best_expert_row().map(|(_, p)| p)
+    }
+
+    /// The row index (in the first primary table) and mean PSNR of the best single expert over the primary
+    /// tables; on a tie, the first.
+    fn best_expert_row(&self) -> Option<(usize, f64)> {
         let tables = self.primary();
         let first = tables.first()?;
         let n = first.rows.len().saturating_sub(2);
         (1..=n)
             .filter_map(|k| {
                 let v: Vec<f64> = tables.iter().filter_map(|t| t.rows.get(k).map(|r| r.psnr)).collect();
-                (v.len() == tables.len()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+                (v.len() == tables.len()).then(|| (k, v.iter().sum::<f64>() / v.len() as f64))
             })
-            .max_by(f64::total_cmp)
+            .fold(None, |best, (k, p)| match best {
+                Some((_, b)) if b.total_cmp(&p).is_ge() => best,
+                _ => Some((k, p)),
+            })
     }
-}
 
-impl ValReport {
     /// "fused − best expert" on the primary tables (full images when there are any: the figure a paper
     /// reports; else held-out samples): (what it was measured on, the best expert's name, dB).
     pub fn margin(&self) -> Option<(String, String, f64)> {
         let tables = self.primary();
         let first = tables.first()?;
-        let best = self.best_expert_psnr()?;
-        let n = first.rows.len().saturating_sub(2);
-        let name = (1..=n)
-            .find(|&k| {
-                let v: Vec<f64> = tables.iter().filter_map(|t| t.rows.get(k).map(|r| r.psnr)).collect();
-                v.len() == tables.len() && (v.iter().sum::<f64>() / v.len() as f64 - best).abs() < 1e-12
-            })
-            .and_then(|k| first.rows.get(k))
-            .map(|r| r.name.clone())
-            .unwrap_or_default();
+        let (k, best) = self.best_expert_row()?;
+        let name = first.rows.get(k).map(|r| r.name.clone()).unwrap_or_default();
         let on = if self.full.is_empty() { first.source.clone() } else { tables.iter().map(|t| t.source.as_str()).collect::<Vec<_>>().join(", ") };
         Some((on, name, self.psnr()? - best))
     }
